@@ -1,0 +1,3 @@
+from xportrait_cli.cli import main
+
+main()
