@@ -1,0 +1,373 @@
+"""Atomic H.264 video writer with optional audio from a source file (PyAV).
+
+:class:`VideoWriter` encodes uint8 RGB frames as H.264 (libx264, yuv420p, CRF 18) in an MP4 with
+``movflags=+faststart``, at an exact :class:`fractions.Fraction` frame rate (``12000/1001`` stays
+``12000/1001``). It writes to a hidden temporary name beside the target,
+``.<name>.<uuid>.incomplete.mp4``, and moves it into place with :func:`os.replace` only when
+:meth:`VideoWriter.close` succeeds; on any exception (``KeyboardInterrupt`` included) the temporary
+file is removed and nothing appears at the output path.
+
+Audio: with ``audio_source``, the source's first audio stream is stream-copied when it is AAC or MP3
+and transcoded to AAC otherwise (PCM in WAV/MOV, Opus, ...), and cut to the video's duration
+(``frames / fps``; a stream copy ends within one audio frame of it). Audio packets are interleaved
+with the video as frames arrive. A source without audio gives a video without an audio track.
+
+Frame size: yuv420p needs an even width and height. The tool's outputs are multiples of 64, so an odd
+size is refused with a :class:`ValueError` naming the size rather than silently padded or cropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+__all__ = ["VideoWriter", "StreamInfo", "probe", "write_video", "COPY_AUDIO_CODECS"]
+
+#: Audio codecs copied into the MP4 as they are; anything else is transcoded to AAC.
+COPY_AUDIO_CODECS = frozenset({"aac", "mp3", "mp3float"})
+
+_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
+
+
+def _as_fraction(fps: Fraction | int | str) -> Fraction:
+    """The frame rate as an exact fraction; floats are refused (12000/1001 must not drift)."""
+    if isinstance(fps, float):
+        raise TypeError(
+            f"fps={fps!r} is a float; pass a fractions.Fraction (e.g. Fraction(12000, 1001)) or an int"
+        )
+    rate = Fraction(fps)
+    if rate <= 0:
+        raise ValueError(f"fps must be positive, got {rate}")
+    return rate
+
+
+def temp_path_for(path: Path) -> Path:
+    """A unique hidden temporary name beside ``path``: ``.<name>.<uuid>.incomplete<suffix>``."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.incomplete{path.suffix or '.mp4'}")
+
+
+class _AudioCopier:
+    """Pulls audio from a source file lazily and muxes it into ``out`` up to a given time.
+
+    Stream copy for :data:`COPY_AUDIO_CODECS`, AAC transcode (through :class:`av.AudioResampler`)
+    otherwise. Created only when the source has an audio stream.
+    """
+
+    def __init__(self, source: Path, out: av.container.OutputContainer) -> None:
+        self.src = av.open(str(source))
+        self.in_stream = self.src.streams.audio[0]
+        self.copy = self.in_stream.codec_context.name in COPY_AUDIO_CODECS
+        self._packets = self.src.demux(self.in_stream)
+        self._done = False
+        self._pending: av.Packet | None = None
+        if self.copy:
+            self.out_stream = out.add_stream_from_template(self.in_stream)
+        else:
+            ctx = self.in_stream.codec_context
+            rate = ctx.sample_rate if ctx.sample_rate in _AAC_RATES else 48000
+            layout = "mono" if ctx.layout.nb_channels == 1 else "stereo"
+            self.out_stream = out.add_stream("aac", rate=rate)
+            self.out_stream.layout = layout
+            self.out_stream.bit_rate = 192_000 if layout == "stereo" else 128_000
+            self.resampler = av.AudioResampler(
+                format="fltp", layout=layout, rate=rate, frame_size=self.out_stream.codec_context.frame_size
+            )
+            self._samples_out = 0  # samples handed to the encoder so far
+            self._pending_frame: av.AudioFrame | None = None
+            self._decoded = self._decode_frames()
+        self.out = out
+
+    # -- stream copy ------------------------------------------------------------------------------
+    def _copy_until(self, seconds: Fraction, final: bool) -> None:
+        """Mux source packets that start before ``seconds``; ``final`` drops everything after."""
+        tb = self.in_stream.time_base
+        while True:
+            packet = self._pending if self._pending is not None else next(self._packets, None)
+            self._pending = None
+            if packet is None:
+                self._done = True
+                return
+            if packet.dts is None:  # the demuxer's flush packet
+                continue
+            if packet.pts is not None and packet.pts * tb >= seconds:
+                if final:
+                    self._done = True  # beyond the video's end: cut here
+                else:
+                    self._pending = packet  # keep it for a later call
+                return
+            packet.stream = self.out_stream
+            self.out.mux(packet)
+
+    # -- transcode --------------------------------------------------------------------------------
+    def _decode_frames(self) -> Iterator[av.AudioFrame]:
+        for packet in self._packets:
+            for frame in packet.decode():
+                frame.pts = None  # let the resampler count samples from 0
+                yield from self.resampler.resample(frame)
+        yield from self.resampler.resample(None)
+
+    def _transcode_until(self, seconds: Fraction, final: bool) -> None:
+        """Encode frames that end by ``seconds``; ``final`` also encodes the last one, trimmed to it."""
+        rate = self.out_stream.codec_context.sample_rate
+        limit = int(seconds * rate)
+        while self._samples_out < limit:
+            frame = self._pending_frame if self._pending_frame is not None else next(self._decoded, None)
+            self._pending_frame = None
+            if frame is None:  # the source is shorter than the video
+                self._done = True
+                return
+            if self._samples_out + frame.samples > limit:
+                if not final:
+                    self._pending_frame = frame  # it crosses the limit: keep it for later
+                    return
+                keep = limit - self._samples_out
+                arr = np.ascontiguousarray(frame.to_ndarray()[:, :keep])
+                frame = av.AudioFrame.from_ndarray(arr, format="fltp", layout=frame.layout)
+                frame.sample_rate = rate
+            frame.pts = self._samples_out
+            frame.time_base = Fraction(1, rate)
+            self._samples_out += frame.samples
+            for packet in self.out_stream.encode(frame):
+                self.out.mux(packet)
+
+    def feed_until(self, seconds: Fraction, *, final: bool = False) -> None:
+        """Mux audio up to ``seconds`` of output time; ``final`` cuts there and flushes the encoder."""
+        if self.copy:
+            if not self._done:
+                self._copy_until(seconds, final)
+            return
+        if not self._done:
+            self._transcode_until(seconds, final)
+        if final:
+            self._done = True
+            for packet in self.out_stream.encode(None):
+                self.out.mux(packet)
+
+    def close(self) -> None:
+        """Close the source file."""
+        self.src.close()
+
+
+class VideoWriter:
+    """Write uint8 RGB frames to an MP4 (H.264 yuv420p CRF 18, faststart), atomically.
+
+    Use as a context manager::
+
+        with VideoWriter("out.mp4", Fraction(12000, 1001), audio_source="driving.mp4") as w:
+            w.write(frames)  # (H, W, 3) or (n, H, W, 3) uint8
+
+    Args:
+        path: The final output path (``.mp4``). Its folder must exist.
+        fps: Exact frame rate, a :class:`~fractions.Fraction` or an int (a float raises ``TypeError``).
+        audio_source: Optional file whose first audio stream is copied (AAC/MP3) or transcoded to AAC
+            and cut to ``frames / fps``; a file without audio gives no audio track.
+        crf: libx264 constant rate factor (default 18, visually lossless).
+        preset: libx264 preset (default ``"medium"``).
+
+    Raises:
+        ValueError: a frame that is not uint8 ``(H, W, 3)``, an odd width/height, a frame whose size
+            differs from the first, or closing with no frame written.
+        TypeError: a float ``fps``.
+        av.FFmpegError: unreadable ``audio_source`` or an encoder failure.
+
+    The file appears at ``path`` only when :meth:`close` succeeds; :meth:`abort` (or leaving the
+    ``with`` block by an exception) removes the temporary file and leaves ``path`` untouched.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fps: Fraction | int,
+        *,
+        audio_source: str | os.PathLike[str] | None = None,
+        crf: int = 18,
+        preset: str = "medium",
+    ) -> None:
+        self.path = Path(path)
+        self.fps = _as_fraction(fps)
+        self.crf = int(crf)
+        self.preset = preset
+        self.frames_written = 0
+        self.temp_path = temp_path_for(self.path)
+        self._size: tuple[int, int] | None = None
+        self._closed = False
+        self._container = av.open(
+            str(self.temp_path), mode="w", format="mp4", container_options={"movflags": "+faststart"}
+        )
+        try:
+            self._video = self._container.add_stream("libx264", rate=self.fps)
+            self._video.pix_fmt = "yuv420p"
+            self._video.options = {"crf": str(self.crf), "preset": self.preset}
+            self._audio: _AudioCopier | None = None
+            if audio_source is not None:
+                with av.open(str(audio_source)) as probe_src:
+                    has_audio = bool(probe_src.streams.audio)
+                if has_audio:
+                    self._audio = _AudioCopier(Path(audio_source), self._container)
+        except BaseException:
+            self.abort()
+            raise
+
+    # -- context manager --------------------------------------------------------------------------
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- writing ----------------------------------------------------------------------------------
+    def write(self, frames: np.ndarray) -> None:
+        """Encode one frame ``(H, W, 3)`` or a batch ``(n, H, W, 3)`` of uint8 RGB.
+
+        Raises:
+            ValueError: wrong dtype/shape, odd size, or a size that differs from the first frame.
+            RuntimeError: the writer is already closed or aborted.
+        """
+        if self._closed:
+            raise RuntimeError(f"VideoWriter for {self.path} is closed")
+        arr = np.asarray(frames)
+        if arr.ndim == 3:
+            arr = arr[None]
+        if arr.ndim != 4 or arr.shape[-1] != 3:
+            raise ValueError(f"frames must be (H, W, 3) or (n, H, W, 3) RGB, got shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8, got {arr.dtype}")
+        height, width = int(arr.shape[1]), int(arr.shape[2])
+        if self._size is None:
+            if width % 2 or height % 2:
+                raise ValueError(
+                    f"frame size {width}x{height} is odd; H.264 yuv420p needs an even width and height "
+                    "(crop or pad the frames by one pixel)"
+                )
+            self._size = (width, height)
+            self._video.width, self._video.height = width, height
+        elif (width, height) != self._size:
+            raise ValueError(f"frame size {width}x{height} differs from the first frame's {self._size}")
+        for image in arr:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts = self.frames_written
+            frame.time_base = 1 / self.fps
+            for packet in self._video.encode(frame):
+                self._container.mux(packet)
+            self.frames_written += 1
+            if self._audio is not None:
+                self._audio.feed_until(self.frames_written / self.fps)
+
+    @property
+    def duration(self) -> Fraction:
+        """Seconds of video written so far: ``frames_written / fps``."""
+        return self.frames_written / self.fps
+
+    def close(self) -> Path:
+        """Flush the encoders, finish the file and move it to :attr:`path`. Returns the path.
+
+        Raises:
+            ValueError: no frame was written (the temporary file is removed).
+        """
+        if self._closed:
+            return self.path
+        try:
+            if self.frames_written == 0:
+                raise ValueError(f"no frames were written to {self.path}")
+            for packet in self._video.encode(None):
+                self._container.mux(packet)
+            if self._audio is not None:
+                self._audio.feed_until(self.duration, final=True)
+                self._audio.close()
+            self._container.close()
+            self._closed = True
+            os.replace(self.temp_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        """Stop writing and remove the temporary file; nothing is left at :attr:`path` by this writer."""
+        self._closed = True
+        if getattr(self, "_audio", None) is not None:
+            with contextlib.suppress(Exception):
+                self._audio.close()
+        with contextlib.suppress(Exception):
+            self._container.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.temp_path)
+
+
+def write_video(
+    path: str | os.PathLike[str],
+    frames: np.ndarray,
+    fps: Fraction | int,
+    *,
+    audio_source: str | os.PathLike[str] | None = None,
+    crf: int = 18,
+) -> Path:
+    """Write ``frames`` ``(n, H, W, 3)`` uint8 RGB to ``path`` in one call (see :class:`VideoWriter`)."""
+    with VideoWriter(path, fps, audio_source=audio_source, crf=crf) as writer:
+        writer.write(frames)
+    return writer.path
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What :func:`probe` reports about a written file.
+
+    Attributes:
+        frames: number of decoded video frames.
+        fps: the video stream's ``average_rate`` (exact fraction).
+        width, height: frame size in pixels.
+        video_codec, pix_fmt: e.g. ``"h264"``, ``"yuv420p"``.
+        video_duration: seconds, from the video stream's duration.
+        audio_codec: ``None`` when there is no audio track.
+        audio_duration: seconds of the audio track (``None`` without audio).
+        duration: container duration in seconds.
+    """
+
+    frames: int
+    fps: Fraction
+    width: int
+    height: int
+    video_codec: str
+    pix_fmt: str
+    video_duration: float
+    audio_codec: str | None
+    audio_duration: float | None
+    duration: float
+
+
+def probe(path: str | os.PathLike[str], *, count_frames: bool = True) -> StreamInfo:
+    """Describe an MP4 written by :class:`VideoWriter` (decodes the video when ``count_frames``)."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        frames = video.frames
+        if count_frames:
+            frames = sum(1 for _ in container.decode(video))
+        audio = container.streams.audio[0] if container.streams.audio else None
+
+        def seconds(stream: Any) -> float:
+            return float(stream.duration * stream.time_base) if stream.duration is not None else 0.0
+
+        return StreamInfo(
+            frames=frames,
+            fps=Fraction(video.average_rate),
+            width=video.codec_context.width,
+            height=video.codec_context.height,
+            video_codec=video.codec_context.name,
+            pix_fmt=video.codec_context.pix_fmt,
+            video_duration=seconds(video),
+            audio_codec=audio.codec_context.name if audio is not None else None,
+            audio_duration=seconds(audio) if audio is not None else None,
+            duration=(container.duration or 0) / av.time_base,
+        )
