@@ -1,0 +1,1 @@
+"""Faces: 68-point landmarks (FAN or offline dlib), driving-to-portrait alignment, local patches."""

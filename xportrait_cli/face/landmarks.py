@@ -1,0 +1,229 @@
+"""68-point facial landmarks: a small detector interface and two backends.
+
+- ``fan``: face-alignment's 2D-FAN (``LandmarksType.TWO_D``, SFD face detector), what the official
+  pipeline uses. Weights come from the torch hub cache (``$TORCH_HOME/hub/checkpoints``, filled by
+  ``xportrait download-weights``); this module never downloads and never turns on ``torch.compile``.
+- ``dlib``: the offline backend. dlib's HOG frontal face detector plus the 68-point shape predictor
+  shipped in the ``face-recognition-models`` PyPI package (same iBUG 68-point layout). Works on a
+  machine that cannot download anything. Its model was trained on iBUG 300-W, whose licence
+  excludes commercial use (see README, "Landmark backends").
+- ``auto``: ``fan`` when both of its weight files are cached, else ``dlib``; logs which.
+
+All detectors take an (H, W, 3) uint8 RGB image and return (68, 2) float32 (x, y) in pixels of that
+image, iBUG order, or ``None`` when no face is found. The official pipeline runs them on 256×256
+images (:func:`xportrait_cli.image.landmark_input`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from xportrait_cli.errors import UsageError, WeightsMissingError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "fan", "dlib")
+#: face-alignment's weight files, by the cache basename its URL tables give them.
+FAN_WEIGHT_FILES = ("2DFAN4-11f355bf06.pth.tar", "s3fd-619a316812.pth")
+
+
+@runtime_checkable
+class LandmarkDetector(Protocol):
+    """Anything that finds 68 iBUG landmarks on one face.
+
+    ``name`` identifies the backend (it enters job fingerprints). ``detect(image)`` takes an
+    (H, W, 3) uint8 RGB image and returns (68, 2) float32 (x, y) pixels of that image for one face
+    (the backend's first/largest face) or ``None`` when there is none.
+    """
+
+    name: str
+
+    def detect(self, image: np.ndarray) -> np.ndarray | None: ...
+
+
+def _face_recognition_models_dir() -> Path:
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsMissingError(
+            "the offline landmark model is not installed (package face-recognition-models)",
+            "pip install face-recognition-models dlib-bin",
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+class DlibDetector:
+    """Offline 68-point landmarks: dlib HOG face detector + ``shape_predictor_68_face_landmarks.dat``.
+
+    The predictor file is located inside the installed ``face-recognition-models`` package with
+    :func:`importlib.util.find_spec` (importing that package needs ``pkg_resources``). The detector
+    runs at ``upsample`` 0 first and retries once at 1 (faces down to ~40 px) when nothing is found.
+    Of several faces the largest box is used. CPU only, ~15–30 ms per 256×256 image.
+
+    Raises :class:`~xportrait_cli.errors.WeightsMissingError` if the package or file is missing.
+    Licence: the model was trained on iBUG 300-W, which restricts commercial use.
+    """
+
+    name = "dlib"
+
+    def __init__(self, predictor_path: str | os.PathLike[str] | None = None) -> None:
+        import dlib
+
+        path = (
+            Path(predictor_path)
+            if predictor_path
+            else _face_recognition_models_dir() / ("shape_predictor_68_face_landmarks.dat")
+        )
+        if not path.is_file():
+            raise WeightsMissingError(
+                f"dlib 68-point landmark model not found: {path}",
+                "pip install --force-reinstall face-recognition-models",
+            )
+        self._detector = dlib.get_frontal_face_detector()
+        self._predictor = dlib.shape_predictor(str(path))
+        self._dlib = dlib
+
+    def face_box(self, image: np.ndarray):
+        """The largest dlib face rectangle in ``image`` (uint8 RGB), or ``None``."""
+        img = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
+        for upsample in (0, 1):
+            rects = list(self._detector(img, upsample))
+            if rects:
+                return max(rects, key=lambda r: r.width() * r.height())
+        return None
+
+    def detect(self, image: np.ndarray) -> np.ndarray | None:
+        """(68, 2) float32 landmarks of the largest face in ``image`` (uint8 RGB), or ``None``."""
+        img = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
+        rect = self.face_box(img)
+        if rect is None:
+            return None
+        shape = self._predictor(img, rect)
+        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
+
+
+def fan_weights_dir() -> Path:
+    """The torch hub checkpoint folder where face-alignment looks for its weights."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def fan_weights_cached() -> bool:
+    """Whether both FAN weight files (:data:`FAN_WEIGHT_FILES`) are in :func:`fan_weights_dir`."""
+    d = fan_weights_dir()
+    return all((d / f).is_file() for f in FAN_WEIGHT_FILES)
+
+
+class FanDetector:
+    """face-alignment 2D-FAN landmarks (the official backend), from cached weights only.
+
+    Built as the official code builds it: ``FaceAlignment(LandmarksType.TWO_D, flip_input=True)``
+    with the SFD detector, on ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:1"`` …) and with
+    ``compile=False`` (face-alignment 1.5 defaults to ``torch.compile``). Returns the first face, as
+    the official ``get_landmarks_from_image(img)[0]``. ~0.7 s per face on CPU.
+
+    Raises :class:`~xportrait_cli.errors.WeightsMissingError` when the weights are not cached
+    (never downloads).
+    """
+
+    name = "fan"
+
+    def __init__(self, device: str = "cpu") -> None:
+        if not fan_weights_cached():
+            missing = [f for f in FAN_WEIGHT_FILES if not (fan_weights_dir() / f).is_file()]
+            raise WeightsMissingError(
+                f"face-alignment weights not found in {fan_weights_dir()}: {', '.join(missing)}",
+                "run `xportrait download-weights`, or use --landmarks dlib",
+            )
+        import face_alignment
+        import torch
+
+        kwargs = {"compile": False}
+        self._fa = face_alignment.FaceAlignment(
+            face_alignment.LandmarksType.TWO_D,
+            flip_input=True,
+            device=str(device),
+            dtype=torch.float32,
+            face_detector="sfd",
+            face_detector_kwargs={"path_to_detector": str(fan_weights_dir() / FAN_WEIGHT_FILES[1])},
+            **kwargs,
+        )
+
+    def detect(self, image: np.ndarray) -> np.ndarray | None:
+        """(68, 2) float32 landmarks of the first face in ``image`` (uint8 RGB), or ``None``."""
+        preds = self._fa.get_landmarks_from_image(np.ascontiguousarray(image[..., :3]))
+        if not preds:
+            return None
+        return np.asarray(preds[0][:, :2], dtype=np.float32)
+
+
+def make_detector(name: str = "auto", device: str = "cpu") -> LandmarkDetector:
+    """Build a landmark backend by name: ``"auto"``, ``"fan"`` or ``"dlib"`` (see module docstring).
+
+    ``device`` applies to ``fan`` only. ``auto`` logs the backend it picked. Raises
+    :class:`~xportrait_cli.errors.UsageError` for an unknown name and
+    :class:`~xportrait_cli.errors.WeightsMissingError` when the chosen backend's model is missing.
+    """
+    if name not in BACKENDS:
+        raise UsageError(f"unknown landmark backend {name!r}", f"choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        if fan_weights_cached():
+            log.info("landmarks: fan (face-alignment weights found in %s)", fan_weights_dir())
+            return FanDetector(device)
+        log.info(
+            "landmarks: dlib (offline backend; face-alignment weights not cached in %s)", fan_weights_dir()
+        )
+        return DlibDetector()
+    if name == "fan":
+        return FanDetector(device)
+    return DlibDetector()
+
+
+def fill_missing(landmarks: np.ndarray, found: Sequence[bool] | np.ndarray) -> np.ndarray:
+    """Fill frames without a face by linear interpolation of their neighbours' landmarks.
+
+    ``landmarks``: (n, 68, 2) float (values of frames where ``found`` is False are ignored).
+    ``found``: (n,) bool. Interior gaps are interpolated per coordinate in frame index; leading and
+    trailing gaps hold the nearest detected frame. Returns a new (n, 68, 2) float32 array. Raises
+    ``ValueError`` if no frame has a face.
+    """
+    lmk = np.asarray(landmarks, dtype=np.float32)
+    ok = np.asarray(found, dtype=bool)
+    if not ok.any():
+        raise ValueError("no frame has a face")
+    if ok.all():
+        return lmk.copy()
+    n = lmk.shape[0]
+    t = np.arange(n)
+    flat = lmk.reshape(n, -1)
+    out = np.empty_like(flat)
+    for j in range(flat.shape[1]):
+        out[:, j] = np.interp(t, t[ok], flat[ok, j])  # holds the end values outside the range
+    return out.reshape(lmk.shape).astype(np.float32)
+
+
+def detect_portrait(rgb: np.ndarray, detector: LandmarkDetector, name: str = "portrait") -> np.ndarray:
+    """Landmarks of the portrait as the official pipeline finds them, at 256 px scale.
+
+    ``rgb``: (H, W, 3) uint8 portrait (any size; it is squashed to 256×256 with
+    :func:`xportrait_cli.image.landmark_input`, as the official code does). Returns (68, 2) float32
+    (x, y) in pixels of that 256×256 image. Raises :class:`~xportrait_cli.errors.NoFaceError` naming
+    ``name`` when no face is found.
+    """
+    from xportrait_cli.errors import NoFaceError
+    from xportrait_cli.image import landmark_input
+
+    lmk = detector.detect(landmark_input(rgb))
+    if lmk is None:
+        raise NoFaceError(
+            f"no face found in {name} (landmarks: {detector.name})",
+            "use a portrait with one clearly visible, roughly frontal face, or crop it to the head",
+        )
+    return lmk
