@@ -1,0 +1,575 @@
+"""Options of ``xportrait animate``, presets, and the precedence that combines them.
+
+One frozen dataclass, :class:`AnimateOptions`, holds every option of a job. Each field carries its
+help text, its command-line flag and its allowed values in ``dataclasses.field(metadata=...)``, so
+the Typer command declares ``typer.Option(FLAG, help=help_text(name))`` from the same source that
+validates presets and manifests.
+
+Precedence (highest first), applied by :func:`resolve_options`:
+
+- ``xportrait animate``: **flags** (and their environment variables, e.g. ``XPORTRAIT_MODEL``)
+  > **preset** (``--preset NAME|FILE``) > **built-in defaults** (the field defaults below, equal to
+  ``presets/default.yaml``: the official settings).
+- ``xportrait batch``: **job** entry > **manifest defaults** > **preset** > **built-in defaults**.
+
+A layer only overrides the options it sets: ``None`` means "not set" everywhere, so a flag left at
+its ``None`` default never masks a preset value.
+
+Keys in presets, manifests and flag mappings are spelled like the fields (``guidance_scale``), with
+dashes (``guidance-scale``), as flags (``--guidance-scale``), or with an alias from :data:`ALIASES`
+(``steps`` for ``num_inference_steps``). Unknown keys are a :class:`~xportrait_cli.errors.UsageError`
+with a suggestion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import xportrait_cli
+from xportrait_cli.errors import UsageError
+
+#: Frames per temporal window: the motion modules hard-code 16 (official ``video_length``).
+WINDOW_FRAMES = 16
+#: Training timesteps of the SD-1.5 DDPM schedule.
+TRAIN_TIMESTEPS = 1000
+#: The top-level ``presets`` folder of the product layout (beside the package, not inside it).
+PRESETS_DIR = Path(xportrait_cli.__file__).resolve().parent.parent / "presets"
+
+#: Alternative names accepted for options in presets, manifests and flag mappings.
+ALIASES: dict[str, str] = {"steps": "num_inference_steps"}
+#: Keys a preset file may hold besides options (ignored when resolving options).
+PRESET_META_KEYS = frozenset({"description"})
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _opt(default: Any, help: str, *, flag: str | None = None, choices: Sequence[str] = (), **extra: Any):
+    """A dataclass field whose metadata holds the help text, the flag and the allowed values."""
+    meta = {"help": help, "flag": flag, "choices": tuple(choices), **extra}
+    if isinstance(default, list | tuple):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------------------------------
+# The DDIM timestep list of the official sampler
+# --------------------------------------------------------------------------------------------------
+
+
+def ddim_timesteps(num_inference_steps: int) -> list[int]:
+    """Timesteps the official sampler visits for ``--steps S``, in sampling order (descending).
+
+    Official ``ddim_discretize="uniform"``: ``arange(0, 1000, 1000 // S) + 1`` with the step-count
+    assert commented out, so S=30 gives **31** steps ``[991, 958, ..., 34, 1]``, S=15 gives 16 and
+    S=25 gives 25 (spec §3.9). Raises :class:`UsageError` for an S outside 1..1000 or one whose
+    list would reach timestep 1000 (see :func:`check_steps`).
+    """
+    check_steps(num_inference_steps)
+    stride = TRAIN_TIMESTEPS // num_inference_steps
+    return [t + 1 for t in range(0, TRAIN_TIMESTEPS, stride)][::-1]
+
+
+def steps_are_valid(num_inference_steps: int) -> bool:
+    """Whether S lies in 1..1000 and the official schedule stays below timestep 1000.
+
+    The schedule is ``range(0, 1000, 1000 // S)`` plus one; when it contains 999 the sampler asks
+    for ``alphas_cumprod[1000]`` and crashes (S in {3, 9, 27, 36, 37, 101-111, 251-333, 501-1000}).
+    Computed, not tabulated.
+    """
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
+        return False
+    if not 1 <= num_inference_steps <= TRAIN_TIMESTEPS:
+        return False
+    return max(range(0, TRAIN_TIMESTEPS, TRAIN_TIMESTEPS // num_inference_steps)) + 1 < TRAIN_TIMESTEPS
+
+
+def check_steps(num_inference_steps: int) -> None:
+    """Raise :class:`UsageError` unless :func:`steps_are_valid`; the hint names the nearest valid S."""
+    s = num_inference_steps
+    if steps_are_valid(s):
+        return
+    if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= TRAIN_TIMESTEPS:
+        raise UsageError(
+            f"invalid num_inference_steps (--steps) {s!r}: must be an integer in 1..{TRAIN_TIMESTEPS}",
+            "30 is the official setting (31 DDIM steps); 15 is the fast preset",
+        )
+    stride = TRAIN_TIMESTEPS // s
+    last = max(range(0, TRAIN_TIMESTEPS, stride)) + 1
+    below = next((k for k in range(s - 1, 0, -1) if steps_are_valid(k)), None)
+    above = next((k for k in range(s + 1, TRAIN_TIMESTEPS + 1) if steps_are_valid(k)), None)
+    near = " or ".join(str(k) for k in (below, above) if k is not None)
+    raise UsageError(
+        f"invalid num_inference_steps (--steps) {s}: the official DDIM schedule "
+        f"arange(0, 1000, 1000//{s}) + 1 would reach timestep {last}",
+        f"use {near} instead",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The options
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AnimateOptions:
+    """Every option of one ``xportrait animate`` job, validated on construction.
+
+    Field metadata: ``help`` (text for ``--help``), ``flag`` (the command-line flag), ``choices``
+    (allowed strings, if any), ``envvar`` (environment variable read by the CLI, if any) and
+    ``affects_output`` (False for options that change only speed or memory, see
+    :func:`options_to_dict`). CLI-only switches (``--quiet``, ``--json``, ``--output``) are not
+    options of the job and are not here.
+
+    Raises :class:`~xportrait_cli.errors.UsageError` naming the option and the value for any bad
+    value. Paths are stored as :class:`~pathlib.Path` (``~`` expanded), ``reference`` as a tuple.
+    """
+
+    model: Path | None = _opt(
+        None,
+        "X-Portrait checkpoint (model_state-415001.th or a converted file); default: the weights cache.",
+        flag="--model",
+        envvar="XPORTRAIT_MODEL",
+    )
+    model_config: Path | None = _opt(
+        None,
+        "Model config (official cldm_v15_appearance_pose_local_mm.yaml layout); default: built in.",
+        flag="--model-config",
+    )
+    num_inference_steps: int = _opt(
+        30,
+        "DDIM steps S, official meaning: timesteps arange(0,1000,1000//S)+1, so 30 runs 31 steps "
+        "and 15 runs 16. S whose schedule reaches timestep 1000 (e.g. 27, 36, 101-111) is refused.",
+        flag="--steps",
+    )
+    guidance_scale: float = _opt(
+        5.0,
+        "Classifier-free guidance scale (official uc_scale 5): eps_u + scale*(eps_c - eps_u).",
+        flag="--guidance-scale",
+    )
+    num_mix: int = _opt(
+        4,
+        f"Overlapping frames between consecutive {WINDOW_FRAMES}-frame windows (0 <= num_mix < "
+        f"{WINDOW_FRAMES}); windows advance by {WINDOW_FRAMES} - num_mix.",
+        flag="--num-mix",
+    )
+    seed: int = _opt(
+        999, "Random seed (0 <= seed < 2**32) for every draw of the sampler; official 999.", flag="--seed"
+    )
+    best_frame: int = _opt(
+        -1,
+        "Driving frame whose head pose matches the portrait, used for the one alignment transform: "
+        "-1 = auto (closest landmarks), -2 = no alignment, N >= 0 = frame N of the selected frames.",
+        flag="--best-frame",
+    )
+    start: int = _opt(0, "First driving frame to use (0-based).", flag="--start")
+    frames: int = _opt(0, "Number of driving frames to animate after --start (0 = all).", flag="--frames")
+    stride: int = _opt(1, "Use every N-th driving frame (N >= 1).", flag="--stride")
+    size: int = _opt(
+        512,
+        "Square working size in pixels (multiple of 64, >= 64); the model was trained at 512.",
+        flag="--size",
+    )
+    reference: tuple[Path, ...] = _opt(
+        (),
+        "Extra portrait of the same person (repeatable): its appearance features are added to the "
+        "reference bank (official multi-reference).",
+        flag="--reference",
+    )
+    landmarks: str = _opt(
+        "auto",
+        "Landmark backend: fan (face-alignment, as the official code), dlib (offline 68 points), "
+        "auto (fan when its weights are present, else dlib).",
+        flag="--landmarks",
+        choices=("auto", "fan", "dlib"),
+    )
+    device: str = _opt(
+        "auto",
+        "Device: auto, cpu, cuda or cuda:N.",
+        flag="--device",
+        choices=("auto", "cpu", "cuda", "cuda:N"),
+    )
+    dtype: str = _opt(
+        "auto",
+        "Weight and compute precision: auto (fp32 on CPU, fp16 on CUDA), fp32, fp16 or bf16.",
+        flag="--dtype",
+        choices=("auto", "fp32", "fp16", "bf16"),
+    )
+    reference_mode: str = _opt(
+        "shared",
+        "Appearance features: shared (computed once per step and reused by every window) or "
+        "per-frame (recomputed for each window, as the official code).",
+        flag="--reference-mode",
+        choices=("shared", "per-frame"),
+    )
+    batch_guidance: str = _opt(
+        "auto",
+        "Run the conditional and unconditional passes as one batch: on, off (two passes, as the "
+        "official code) or auto (on when memory allows). Same result, different speed and memory.",
+        flag="--batch-guidance",
+        choices=("auto", "on", "off"),
+        affects_output=False,
+    )
+    decode_chunk_size: int = _opt(
+        2,
+        "Frames per VAE decode call (>= 1); lower uses less memory.",
+        flag="--decode-chunk-size",
+        affects_output=False,
+    )
+    compile: bool = _opt(
+        False, "torch.compile the networks (slow first run).", flag="--compile", affects_output=False
+    )
+    offload: bool = _opt(
+        False,
+        "Keep idle networks on the CPU and move each to the device when used.",
+        flag="--offload",
+        affects_output=False,
+    )
+    crop: bool = _opt(
+        False,
+        "Detect the face and crop square portrait and driving regions before animating "
+        "(the official code expects pre-cropped square inputs).",
+        flag="--crop",
+    )
+    paste_back: bool = _opt(
+        False,
+        "Paste the animated crop back into the full driving frames (needs --crop).",
+        flag="--paste-back",
+    )
+    comparison: bool = _opt(
+        False, "Also write a side-by-side video: portrait | driving | result.", flag="--comparison"
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
+        if self.paste_back and not self.crop:
+            raise UsageError(
+                "invalid paste_back (--paste-back) without crop", "add --crop, or drop --paste-back"
+            )
+
+    def replace(self, **changes: Any) -> AnimateOptions:
+        """A copy with some options changed (validated again); keys as in :func:`normalize_options`."""
+        return dataclasses.replace(self, **normalize_options(changes, source="replace()"))
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(AnimateOptions))
+_FIELDS = {f.name: f for f in dataclasses.fields(AnimateOptions)}
+
+
+def option_field(name: str) -> dataclasses.Field:
+    """The dataclass field of option ``name`` (canonical, dashed, flag or alias spelling)."""
+    return _FIELDS[_canonical(name, source="option_field()")]
+
+
+def help_text(name: str) -> str:
+    """Help text of option ``name`` for the Typer command, e.g. ``help_text("steps")``."""
+    return option_field(name).metadata["help"]
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of option ``name``, e.g. ``flag_of("num_inference_steps") == "--steps"``."""
+    return option_field(name).metadata["flag"]
+
+
+def default_of(name: str) -> Any:
+    """The built-in default of option ``name`` (what ``--help`` shows as the default)."""
+    f = option_field(name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-value validation
+# --------------------------------------------------------------------------------------------------
+
+
+def _label(name: str) -> str:
+    flag = _FIELDS[name].metadata["flag"]
+    return f"{name} ({flag})" if flag else name
+
+
+def _bad(name: str, value: Any, why: str, hint: str = "") -> UsageError:
+    return UsageError(f"invalid {_label(name)} {value!r}: {why}", hint)
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise _bad(name, value, "must be an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise _bad(name, value, "must be an integer")
+
+
+def _as_float(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise _bad(name, value, "must be a number")
+    try:
+        out = float(value) if isinstance(value, int | float | str) else None
+    except ValueError:
+        out = None
+    if out is None or not math.isfinite(out):
+        raise _bad(name, value, "must be a finite number")
+    return out
+
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise _bad(name, value, "must be true or false")
+
+
+def _as_path(name: str, value: Any) -> Path:
+    if isinstance(value, str | os.PathLike) and str(value).strip():
+        return Path(value).expanduser()
+    raise _bad(name, value, "must be a file path")
+
+
+def _as_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    if name == "batch_guidance" and isinstance(value, bool):  # YAML 1.1 reads `on`/`off` as booleans
+        value = "on" if value else "off"
+    if not isinstance(value, str):
+        raise _bad(name, value, f"must be one of {', '.join(choices)}")
+    text = value.strip().lower()
+    if name == "device":
+        if _DEVICE_RE.match(text):
+            return text
+    elif text in choices:
+        return text
+    close = difflib.get_close_matches(text, [c for c in choices if c != "cuda:N"], n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(choices)}"
+    raise _bad(name, value, f"must be one of {', '.join(choices)}", hint)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Coerce and validate one option value; raise :class:`UsageError` naming option and value."""
+    f = _FIELDS[name]
+    choices = f.metadata["choices"]
+    if name in ("model", "model_config"):
+        return None if value is None else _as_path(name, value)
+    if name == "reference":
+        if value is None:
+            return ()
+        if isinstance(value, str | os.PathLike):
+            value = [value]
+        if not isinstance(value, Sequence):
+            raise _bad(name, value, "must be a list of file paths")
+        return tuple(_as_path(name, v) for v in value)
+    if choices:
+        return _as_choice(name, value, choices)
+    if isinstance(f.default, bool):
+        return _as_bool(name, value)
+    if name == "guidance_scale":
+        v = _as_float(name, value)
+        if v < 0:
+            raise _bad(name, value, "must be >= 0", "5 is the official setting; 1 disables guidance")
+        return v
+    v = _as_int(name, value)
+    if name == "num_inference_steps":
+        check_steps(v)
+    elif name == "num_mix" and not 0 <= v < WINDOW_FRAMES:
+        raise _bad(
+            name,
+            value,
+            f"must be in 0..{WINDOW_FRAMES - 1} (overlap inside a {WINDOW_FRAMES}-frame window)",
+            "4 is the official setting",
+        )
+    elif name == "seed" and not 0 <= v < 2**32:
+        raise _bad(name, value, "must be in 0..2**32-1")
+    elif name == "best_frame" and v < -2:
+        raise _bad(name, value, "must be -1 (auto), -2 (no alignment) or a frame index >= 0")
+    elif name in ("start", "frames") and v < 0:
+        hint = "0 means all frames" if name == "frames" else ""
+        raise _bad(name, value, "must be >= 0", hint)
+    elif name in ("stride", "decode_chunk_size") and v < 1:
+        raise _bad(name, value, "must be >= 1")
+    elif name == "size" and (v < 64 or v % 64):
+        near = max(64, round(v / 64) * 64)
+        raise _bad(
+            name, value, "must be a multiple of 64 and >= 64", f"use {near} (the model was trained at 512)"
+        )
+    return v
+
+
+# --------------------------------------------------------------------------------------------------
+# Keys, presets and precedence
+# --------------------------------------------------------------------------------------------------
+
+
+def _canonical(key: Any, source: str) -> str:
+    if not isinstance(key, str):
+        raise UsageError(f"option names must be strings, got {key!r} in {source}")
+    name = key.strip().lstrip("-").replace("-", "_").lower()
+    name = ALIASES.get(name, name)
+    if name in _FIELDS:
+        return name
+    known = sorted(set(OPTION_NAMES) | set(ALIASES))
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    if close:
+        hint = f"did you mean {ALIASES.get(close[0], close[0])!r}?"
+    else:
+        hint = f"known options: {', '.join(OPTION_NAMES)}"
+    raise UsageError(f"unknown option {key!r} in {source}", hint)
+
+
+def normalize_options(mapping: Mapping[str, Any], source: str = "options") -> dict[str, Any]:
+    """Canonical names and validated values for the options a layer sets.
+
+    ``mapping`` keys may use underscores, dashes, a leading ``--`` or an alias (:data:`ALIASES`);
+    entries whose value is ``None`` are "not set" and dropped. ``source`` names the layer in error
+    messages (``"presets/fast.yaml"``, ``"manifest job 3"``). Raises :class:`UsageError` for an
+    unknown key (with a difflib suggestion), a key given twice under two spellings, or a bad value.
+    """
+    out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in mapping.items():
+        name = _canonical(key, source)
+        if name in spelled:
+            raise UsageError(
+                f"option {name!r} given twice in {source} (as {spelled[name]!r} and {key!r})",
+                "keep one of them",
+            )
+        spelled[name] = str(key)
+        if value is None:
+            continue
+        try:
+            out[name] = _coerce(name, value)
+        except UsageError as exc:
+            raise UsageError(f"{exc.message} in {source}", exc.hint) from None
+    return out
+
+
+def list_presets() -> dict[str, str]:
+    """Presets shipped in :data:`PRESETS_DIR`: name -> description (empty if the file has none)."""
+    found: dict[str, str] = {}
+    for path in sorted(PRESETS_DIR.glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            data = {}
+        found[path.stem] = str(data.get("description", "")) if isinstance(data, dict) else ""
+    return found
+
+
+def _preset_path(name_or_path: str | os.PathLike) -> Path:
+    text = os.fspath(name_or_path)
+    looks_like_path = isinstance(name_or_path, os.PathLike) or any(
+        s in text for s in ("/", os.sep, ".yaml", ".yml")
+    )
+    if looks_like_path:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise UsageError(
+                f"preset file {text!r} not found", "give a path to a .yaml file or a preset name"
+            )
+        return path
+    path = PRESETS_DIR / f"{text}.yaml"
+    if path.is_file():
+        return path
+    names = list(list_presets())
+    close = difflib.get_close_matches(text, names, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"available presets: {', '.join(names) or 'none'}"
+    raise UsageError(f"unknown preset {text!r}", hint)
+
+
+def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """Read a preset: a name in :data:`PRESETS_DIR` (``"fast"``) or a path to a YAML file.
+
+    A preset is a flat YAML mapping of options (keys as in :func:`normalize_options`) plus an
+    optional ``description``. Relative paths in it (``model``, ``model_config``, ``reference``) are
+    taken relative to the preset file's folder. Returns the normalised, validated options it sets.
+    Raises :class:`UsageError` for an unknown preset (with a suggestion), a missing or unreadable
+    file, invalid YAML, a non-mapping document, an unknown key or a bad value.
+    """
+    path = _preset_path(name_or_path)
+    try:
+        shown = path.resolve().relative_to(PRESETS_DIR.parent)
+    except ValueError:
+        shown = path
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read preset {shown}: {exc.strerror or exc}", "check the path") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"invalid YAML in preset {shown}{where}", "fix the file's syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UsageError(f"preset {shown} must be a mapping of option: value", "see presets/default.yaml")
+    options = normalize_options({k: v for k, v in data.items() if k not in PRESET_META_KEYS}, str(shown))
+    base = path.resolve().parent
+    for name in ("model", "model_config"):
+        if name in options and not options[name].is_absolute():
+            options[name] = base / options[name]
+    if "reference" in options:
+        options["reference"] = tuple(p if p.is_absolute() else base / p for p in options["reference"])
+    return options
+
+
+def resolve_options(
+    flags: Mapping[str, Any] | None = None,
+    preset: str | os.PathLike | None = None,
+    defaults_layers: Sequence[Mapping[str, Any]] = (),
+) -> AnimateOptions:
+    """Combine the option layers into one validated :class:`AnimateOptions`.
+
+    Precedence, highest first: ``flags`` > ``defaults_layers[0]`` > ``defaults_layers[1]`` > ... >
+    ``preset`` > built-in defaults. For ``animate``, ``flags`` are the options given on the command
+    line and ``defaults_layers`` is empty; for ``batch``, ``flags`` is the job entry and
+    ``defaults_layers`` is ``[manifest_defaults]``. In every layer a value of ``None`` means "not
+    set", so pass every Typer option with a ``None`` default. Keys as in :func:`normalize_options`.
+
+    Raises :class:`UsageError` for unknown keys, bad values, an unknown preset, or an invalid
+    combination (``paste_back`` without ``crop``).
+    """
+    merged: dict[str, Any] = {}
+    if preset is not None:
+        merged.update(load_preset(preset))
+    for i, layer in reversed(list(enumerate(defaults_layers))):
+        merged.update(normalize_options(layer, source=f"defaults layer {i}"))
+    merged.update(normalize_options(flags or {}, source="flags"))
+    return AnimateOptions(**merged)
+
+
+def options_to_dict(options: AnimateOptions, *, output_only: bool = False) -> dict[str, Any]:
+    """Options as a plain JSON-able dict with sorted keys (stable across field reordering).
+
+    Paths become strings, ``reference`` a list of strings. With ``output_only=True`` the options
+    that change only speed or memory (metadata ``affects_output=False``: ``batch_guidance``,
+    ``decode_chunk_size``, ``compile``, ``offload``) are left out, so a job fingerprint survives
+    them. ``resolve_options(options_to_dict(o)) == o``.
+    """
+    out: dict[str, Any] = {}
+    for name in sorted(OPTION_NAMES):
+        if output_only and not _FIELDS[name].metadata.get("affects_output", True):
+            continue
+        value = getattr(options, name)
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = [str(v) for v in value]
+        out[name] = value
+    return out
