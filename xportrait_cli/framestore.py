@@ -86,8 +86,13 @@ class FrameStore:
     Attributes:
         path: the store folder.
         size: side S of the square frames in pixels.
-        fps: exact frame rate of the *output* (the driving rate divided by the stride), a Fraction.
+        fps: exact frame rate of the stored frames, a Fraction: the driving rate divided by the
+            stride, so that the motion keeps its real speed and stays in sync with the audio (the
+            official script kept the driving rate whatever its ``skip``).
+        driving_fps: the driving video's own exact rate.
         audio_source: the driving video path when it has an audio track, else ``None``.
+        audio_offset: seconds (a Fraction) into the driving audio where stored frame 0 starts
+            (``start / driving_fps``); cut the audio from there to keep it in sync.
         best_frame: the driving frame (index in the original video) used for alignment, or −2.
         affine: (2, 3) float64, driving → portrait pixels at S px (identity for −2).
         source_indices: (n,) int64, the original video frame of each stored frame.
@@ -103,7 +108,9 @@ class FrameStore:
         self._found = np.load(path / "found.npy")
         self.size = int(meta["size"])
         self.fps = Fraction(int(meta["fps"][0]), int(meta["fps"][1]))
+        self.driving_fps = Fraction(int(meta["driving_fps"][0]), int(meta["driving_fps"][1]))
         self.audio_source = Path(meta["audio_source"]) if meta.get("audio_source") else None
+        self.audio_offset = Fraction(int(meta["source_indices"][0])) / self.driving_fps
         self.best_frame = int(meta["best_frame"])
         self.affine = np.asarray(meta["affine"], dtype=np.float64)
         self.source_indices = np.asarray(meta["source_indices"], dtype=np.int64)
