@@ -35,3 +35,22 @@ def golden(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def media(shared: Path) -> Path:
     return shared / "media"
+
+
+@pytest.fixture(scope="session")
+def tiny_config(golden: Path) -> Path:
+    return golden / "tiny_config.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_state_dict(golden: Path) -> dict:
+    """The golden tiny model's official-layout state dict (fp16 parameters), read once."""
+    return torch.load(golden / "tiny_xportrait.th", map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="session")
+def tiny_networks(golden: Path, tiny_config: Path):
+    """The golden tiny model loaded in fp32 on the CPU (shared: tests must not modify its weights)."""
+    from xportrait_cli.models import load_networks
+
+    return load_networks(golden / "tiny_xportrait.th", config=tiny_config)

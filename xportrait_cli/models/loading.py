@@ -168,7 +168,8 @@ def convert_checkpoint(
     """Convert an official checkpoint once into a fast-loading folder (diffusers-style layout, safetensors).
 
     The folder holds ``config.json`` (architecture, dtype) and ``networks.safetensors`` (every network
-    plus the empty prompt's context; the CLIP encoder itself is not needed again). It is built under
+    plus the empty prompt's context; the CLIP encoder itself is not needed again), parameters in
+    ``dtype`` and buffers (position tables, context) in float32. It is built under
     ``<output_dir>.<uuid>.incomplete`` and renamed into place when complete.
 
     Returns:
@@ -182,7 +183,9 @@ def convert_checkpoint(
     tmp = output_dir.with_name(f"{output_dir.name}.{uuid.uuid4().hex[:8]}.incomplete")
     tmp.mkdir(parents=True)
     try:
-        tensors = {k: v.detach().to(dtype).contiguous() for k, v in networks.state_dict().items()}
+        buffers = {name for name, _ in networks.named_buffers()}  # pe tables, context: kept in fp32
+        tensors = {k: v.detach().to(torch.float32 if k in buffers else dtype).contiguous()
+                   for k, v in networks.state_dict().items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME))
         meta = {
             "format": CONVERTED_FORMAT,

@@ -1,0 +1,316 @@
+"""``XPortraitPipeline``: the official windowed DDIM sampler on :class:`XPortraitNetworks`.
+
+Official source: ``DDIMSampler_ReferenceOnly`` and ``test_xportrait.py`` (spec §3.8–§4). One call:
+
+1. check inputs;
+2. encode the source once (VAE posterior mean and std) and the reference latents;
+3. prepare latents: ``x_T = sqrt(ᾱ999)·z + sqrt(1-ᾱ999)·ε`` with one posterior sample ``z`` per frame;
+4. denoise: at each timestep, windows of 16 frames (random offset, circular), classifier-free
+   guidance ``eps_u + scale·(eps_c - eps_u)`` per window, uniform average per frame, one DDIM update
+   of all N frames;
+5. decode in chunks.
+
+Conditioning is read per window from a frame source (:class:`ConditioningFrames`: the prepared
+frame store, or :class:`TensorFrames` in memory), so memory does not grow with decoded frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from xportrait_cli.models.networks import XPortraitNetworks
+from xportrait_cli.models.reference import ReferenceBank
+from xportrait_cli.pipeline.randomness import RandomDraws
+from xportrait_cli.pipeline.schedule import make_scheduler, official_timesteps
+from xportrait_cli.pipeline.windows import WINDOW, last_positions, window_plan
+
+#: ``reference_mode`` values: one reference computed once per step and shared by every frame (default),
+#: or the official per-frame posterior samples (16 appearance-net copies per window; golden parity).
+REFERENCE_MODES = ("shared", "per-frame")
+
+StepCallback = Callable[["XPortraitPipeline", int, int, dict[str, Any]], "dict[str, Any] | None"]
+
+
+class ConditioningFrames(Protocol):
+    """Per-frame motion conditioning, read by index (the frame store implements it).
+
+    ``global_hints(indices)`` and ``local_hints(indices)`` return ``(n, 3, S, S)`` float32 in [-1, 1]:
+    the aligned driving frames and the eye/mouth patch images (-1 outside the patches).
+    """
+
+    def __len__(self) -> int: ...
+
+    def global_hints(self, indices: Sequence[int]) -> torch.Tensor: ...
+
+    def local_hints(self, indices: Sequence[int]) -> torch.Tensor: ...
+
+
+@dataclass
+class TensorFrames:
+    """In-memory :class:`ConditioningFrames` from two ``(N, 3, S, S)`` tensors in [-1, 1]."""
+
+    global_hint: torch.Tensor
+    local_hint: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.global_hint.shape[0]
+
+    def global_hints(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.global_hint[list(indices)]
+
+    def local_hints(self, indices: Sequence[int]) -> torch.Tensor:
+        return self.local_hint[list(indices)]
+
+
+@dataclass
+class XPortraitPipelineOutput:
+    """Result of :meth:`XPortraitPipeline.__call__`.
+
+    Attributes:
+        latents: final latents ``(N, 4, h, w)`` float32 (or the latents after the last completed step
+            when interrupted).
+        frames: decoded frames ``(N, S, S, 3)`` uint8 RGB when ``output_type="uint8"``, else None.
+        steps_done: denoising steps completed in total (including those before ``start_step``).
+        interrupted: True when a callback stopped the run early.
+    """
+
+    latents: torch.Tensor
+    frames: np.ndarray | None = None
+    steps_done: int = 0
+    interrupted: bool = False
+    timesteps: list[int] = field(default_factory=list)
+
+
+def to_uint8(decoded: torch.Tensor) -> np.ndarray:
+    """``(n, 3, S, S)`` in [-1, 1] → ``(n, S, S, 3)`` uint8, as the official ``img_as_ubyte((x+1)/2)``
+    (x·255 in float32, round half to even, clip)."""
+    x = ((decoded.float().clamp(-1, 1) + 1) / 2 * 255).round().clamp(0, 255)
+    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class XPortraitPipeline:
+    """The X-Portrait sampler. ``pipe(source, frames, ...)``; see :meth:`__call__`.
+
+    ``callback_on_step_end(pipe, step_index, timestep, state)`` runs after each DDIM update; ``state``
+    holds ``latents`` (all N frames), ``noise_pred`` (the averaged guided eps), ``pred_original_sample``
+    and ``windows``. Setting ``pipe.interrupt = True`` (or returning ``{"interrupt": True}``) stops the
+    run after that step. Progress bars and per-step checkpoints attach here.
+    """
+
+    def __init__(self, networks: XPortraitNetworks) -> None:
+        self.networks = networks
+        self.interrupt = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.networks.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.networks.dtype
+
+    # 1. Check inputs
+    @staticmethod
+    def check_inputs(source, frames, num_inference_steps, guidance_scale, num_mix, reference_mode, draws) -> None:
+        """Validate the call's arguments; raises ``ValueError`` naming the argument and its value."""
+        if source.ndim != 4 or source.shape[:2] != (1, 3):
+            raise ValueError(f"source must be (1, 3, S, S) in [-1, 1], got {tuple(source.shape)}")
+        size = source.shape[-1]
+        if source.shape[-2] != size or size % 64:
+            raise ValueError(f"source must be square with a side multiple of 64, got {tuple(source.shape[-2:])}")
+        if len(frames) < 1:
+            raise ValueError("frames must hold at least one driving frame")
+        official_timesteps(num_inference_steps)
+        if not 0 <= num_mix < WINDOW:
+            raise ValueError(f"num_mix must be in [0, {WINDOW}), got {num_mix}")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        if reference_mode not in REFERENCE_MODES:
+            raise ValueError(f"reference_mode must be one of {REFERENCE_MODES}, got {reference_mode!r}")
+        if draws is not None and len(draws.offsets) < len(official_timesteps(num_inference_steps)):
+            raise ValueError("draws.offsets must hold one offset per denoising step")
+
+    # 2. Encode source
+    @torch.no_grad()
+    def encode_posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE posterior ``(mean, std)`` of ``(n, 3, S, S)`` images in [-1, 1]; each ``(n, 4, S/8, S/8)``
+        float32 (logvar clamped to [-30, 20] by diffusers, as officially)."""
+        posterior = self.networks.vae.encode(images.to(self.device, self.dtype)).latent_dist
+        return posterior.mean.float(), posterior.std.float()
+
+    def reference_latents(self, mean, std, noise: torch.Tensor | None) -> torch.Tensor:
+        """Scaled reference latents: the posterior mean ``(1, …)`` (shared) or one sample per frame."""
+        scale = self.networks.scale_factor
+        return scale * (mean if noise is None else mean + std * noise.to(mean.device))
+
+    # 3. Prepare latents
+    def prepare_latents(self, mean, std, draws: RandomDraws, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+        """``x_T`` ``(N, 4, h, w)`` float32: each frame's posterior sample noised to t = 999 (q_sample)."""
+        z = self.networks.scale_factor * (mean + std * draws.init_posterior_noise.to(mean.device))
+        a = alphas_cumprod[999].double()
+        c1, c2 = a.sqrt().float(), (1 - a).sqrt().float()
+        return c1 * z + c2 * draws.init_eps.to(mean.device)
+
+    # 4. Denoise (one window)
+    @torch.no_grad()
+    def guided_noise(
+        self,
+        latents: torch.Tensor,
+        timestep: int,
+        global_hint: torch.Tensor,
+        local_hint: torch.Tensor,
+        bank: ReferenceBank,
+        guidance_scale: float,
+        batch_guidance: bool,
+    ) -> torch.Tensor:
+        """Guided eps ``(16, 4, h, w)`` float32 for one window (official ``controlnet_important`` mode).
+
+        cond: appearance bank + both ControlNets + main UNet; uncond: main UNet with motion modules
+        only. ``batch_guidance`` runs both in one batch of 32 (the uncond rows skip the bank and get
+        zero residuals), else in sequence.
+        """
+        nets = self.networks
+        n = latents.shape[0]
+        x = latents.to(self.dtype)
+        t = torch.full((n,), timestep, device=self.device, dtype=torch.long)
+        down, mid = nets.controlnet_residuals(x, t, global_hint.to(self.device, self.dtype),
+                                              local_hint.to(self.device, self.dtype))
+        if batch_guidance:
+            zeros = [torch.zeros_like(r) for r in down]
+            residuals = ([torch.cat([z, r]) for z, r in zip(zeros, down, strict=True)],
+                         torch.cat([torch.zeros_like(mid), mid]))
+            eps = nets.predict_noise(torch.cat([x, x]), torch.cat([t, t]), num_frames=n, bank=bank,
+                                     residuals=residuals, skip_rows=n).float()
+            eps_uncond, eps_cond = eps[:n], eps[n:]
+        else:
+            eps_cond = nets.predict_noise(x, t, num_frames=n, bank=bank, residuals=(down, mid)).float()
+            eps_uncond = nets.predict_noise(x, t, num_frames=n).float()
+        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+    def record_bank(self, references: list[torch.Tensor], timestep: int) -> ReferenceBank:
+        """Appearance-net bank for one or more reference latents, concatenated along tokens (§3.5)."""
+        bank = None
+        for latents in references:
+            t = torch.full((latents.shape[0],), timestep, device=self.device, dtype=torch.long)
+            recorded = self.networks.record_reference(latents.to(self.dtype), t)
+            bank = recorded if bank is None else bank.concat(recorded)
+        return bank
+
+    # 5. Decode
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int = 2) -> Iterator[np.ndarray]:
+        """Decode ``(N, 4, h, w)`` latents ``decode_chunk_size`` frames at a time; yields ``(n, S, S, 3)``
+        uint8 chunks in frame order (official: divide by the scale factor, decode, clamp to [-1, 1])."""
+        vae = self.networks.vae
+        for start in range(0, latents.shape[0], decode_chunk_size):
+            z = latents[start : start + decode_chunk_size].to(self.device, self.dtype) / self.networks.scale_factor
+            yield to_uint8(vae.decode(z).sample)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        source: torch.Tensor,
+        frames: ConditioningFrames,
+        *,
+        num_inference_steps: int = 30,
+        guidance_scale: float = 5.0,
+        num_mix: int = 4,
+        seed: int = 999,
+        reference_mode: str = "shared",
+        references: Sequence[torch.Tensor] = (),
+        batch_guidance: bool = False,
+        draws: RandomDraws | None = None,
+        latents: torch.Tensor | None = None,
+        start_step: int = 0,
+        callback_on_step_end: StepCallback | None = None,
+        output_type: str = "uint8",
+        decode_chunk_size: int = 2,
+    ) -> XPortraitPipelineOutput:
+        """Animate ``source`` with the motion in ``frames``.
+
+        Args:
+            source: portrait ``(1, 3, S, S)`` float in [-1, 1], S a multiple of 64 (512 as trained).
+            frames: N frames of conditioning (:class:`ConditioningFrames`), hints ``(n, 3, S, S)``.
+            num_inference_steps: official meaning: timesteps ``arange(0, 1000, 1000 // S) + 1``, so 30
+                gives 31 DDIM steps.
+            guidance_scale: classifier-free guidance scale (official ``uc_scale`` 5).
+            num_mix: overlap between consecutive 16-frame windows (official 4).
+            seed: source of every draw when ``draws`` is None (see :mod:`.randomness`).
+            reference_mode: ``"shared"`` (reference net once per step at batch 1 from the posterior
+                mean) or ``"per-frame"`` (official: one posterior sample per frame, for parity).
+            references: extra portraits ``(1, 3, S, S)`` whose reference tokens are concatenated
+                (official ``more_source_image_pattern``).
+            batch_guidance: run the cond and uncond passes in one batch (more memory, faster on GPU).
+            draws: injected randomness (golden replay); overrides ``seed``.
+            latents, start_step: resume from latents saved after ``start_step`` completed steps.
+            callback_on_step_end: see the class docstring.
+            output_type: ``"uint8"`` (decode all frames) or ``"latent"`` (no decoding; use
+                :meth:`decode_latents` to stream).
+            decode_chunk_size: frames per VAE decode call.
+
+        Raises:
+            ValueError: an argument is out of range (named in the message).
+        """
+        # 1. Check inputs
+        self.check_inputs(source, frames, num_inference_steps, guidance_scale, num_mix, reference_mode, draws)
+        num_frames = len(frames)
+        timesteps = official_timesteps(num_inference_steps)
+        scheduler = make_scheduler(num_inference_steps)
+        self.interrupt = False
+
+        # 2. Encode source (once) and references
+        mean, std = self.encode_posterior(source)
+        latent_shape = tuple(mean.shape[1:])
+        per_frame = reference_mode == "per-frame"
+        if draws is None:
+            draws = RandomDraws.from_seed(seed, num_frames, latent_shape, len(timesteps), per_frame)
+        reference = self.reference_latents(mean, std, draws.ref_posterior_noise if per_frame else None)
+        references = [reference] + [self.reference_latents(*self.encode_posterior(r), None) for r in references]
+
+        # 3. Prepare latents
+        if latents is None:
+            latents = self.prepare_latents(mean, std, draws, scheduler.alphas_cumprod)
+        latents = latents.to(self.device, torch.float32)
+
+        # 4. Denoise
+        steps_done = start_step
+        for step_index in range(start_step, len(timesteps)):
+            timestep = timesteps[step_index]
+            plan = window_plan(num_frames, draws.offsets[step_index], num_mix)
+            shared_bank = None if per_frame else self.record_bank(references, timestep)
+            eps_sum = torch.zeros_like(latents)
+            counts = torch.zeros(num_frames, device=latents.device)
+            for indices in plan:
+                if per_frame:
+                    bank = self.record_bank([references[0][indices]] + references[1:], timestep)
+                else:
+                    bank = shared_bank
+                eps = self.guided_noise(latents[indices], timestep, frames.global_hints(indices),
+                                        frames.local_hints(indices), bank, guidance_scale, batch_guidance)
+                unique, positions = last_positions(indices)
+                eps_sum[unique] += eps[positions].to(eps_sum.device)
+                counts[unique] += 1
+            noise_pred = eps_sum / counts.view(-1, 1, 1, 1)
+            out = scheduler.step(noise_pred, timestep, latents)
+            latents = out.prev_sample
+            steps_done = step_index + 1
+            if callback_on_step_end is not None:
+                state = {"latents": latents, "noise_pred": noise_pred,
+                         "pred_original_sample": out.pred_original_sample, "windows": plan}
+                update = callback_on_step_end(self, step_index, timestep, state) or {}
+                latents = update.get("latents", latents)
+                self.interrupt = self.interrupt or bool(update.get("interrupt", False))
+            if self.interrupt:
+                break
+
+        # 5. Decode
+        frames_u8 = None
+        if output_type == "uint8" and not self.interrupt:
+            frames_u8 = np.concatenate(list(self.decode_latents(latents, decode_chunk_size)))
+        return XPortraitPipelineOutput(latents=latents, frames=frames_u8, steps_done=steps_done,
+                                       interrupted=self.interrupt, timesteps=timesteps)

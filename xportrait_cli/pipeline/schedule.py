@@ -1,0 +1,62 @@
+"""The official diffusion schedule and DDIM timesteps (spec §3.1, §3.9).
+
+``betas = linspace(sqrt(0.00085), sqrt(0.012), 1000)**2`` and ``alphas_cumprod`` are computed in
+float64, then cast to float32, as the official LDM buffers. DDIM steps use diffusers'
+``DDIMScheduler`` (eta 0, ``set_alpha_to_one=False`` so the final previous alpha is
+``alphas_cumprod[0]``) with the official timesteps: ``arange(0, 1000, 1000 // S) + 1`` visited in
+descending order. ``num_inference_steps`` keeps the official meaning, so S = 30 gives **31** steps
+(991, 958, …, 34, 1) and S = 15 gives 16.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+
+NUM_TRAIN_TIMESTEPS = 1000
+BETA_START = 0.00085
+BETA_END = 0.012
+
+
+def alphas_cumprod() -> torch.Tensor:
+    """Official ``alphas_cumprod`` ``(1000,)`` float32 (float64 cumulative product, then cast)."""
+    betas = np.linspace(BETA_START**0.5, BETA_END**0.5, NUM_TRAIN_TIMESTEPS, dtype=np.float64) ** 2
+    return torch.from_numpy(np.cumprod(1.0 - betas)).float()
+
+
+def official_timesteps(num_inference_steps: int) -> list[int]:
+    """The official DDIM timesteps in sampling (descending) order.
+
+    Raises:
+        ValueError: ``num_inference_steps`` is below 1 or yields timestep 1000 (the official code
+            crashes with an IndexError for S in {3, 9, 27, 36, 37, 101–111, 251–333, 501–1000}).
+    """
+    if num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    ascending = [t + 1 for t in range(0, NUM_TRAIN_TIMESTEPS, NUM_TRAIN_TIMESTEPS // num_inference_steps)]
+    if ascending[-1] >= NUM_TRAIN_TIMESTEPS:
+        raise ValueError(
+            f"num_inference_steps={num_inference_steps} gives timestep {ascending[-1]} (>= 1000) in the official "
+            "schedule; choose another step count"
+        )
+    return ascending[::-1]
+
+
+def make_scheduler(num_inference_steps: int) -> DDIMScheduler:
+    """A ``DDIMScheduler`` reproducing the official sampler exactly (timesteps overridden)."""
+    scheduler = DDIMScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        beta_start=BETA_START,
+        beta_end=BETA_END,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    scheduler.alphas_cumprod = alphas_cumprod()
+    scheduler.final_alpha_cumprod = scheduler.alphas_cumprod[0]
+    scheduler.set_timesteps(num_inference_steps)
+    scheduler.timesteps = torch.tensor(official_timesteps(num_inference_steps), dtype=torch.long)
+    return scheduler
