@@ -35,7 +35,7 @@ def download_weights_command(
         None, "--cache-dir", help="Hugging Face hub cache (default: HF_HUB_CACHE, HF_HOME/hub)."
     ),
     revision: str = typer.Option("main", "--revision", help="Branch, tag or commit of fffiloni/X-Portrait."),
-    dtype: str = typer.Option("fp16", "--dtype", help="Precision of the converted weights: fp16, bf16 or fp32."),
+    dtype: str = typer.Option("fp16", "--dtype", help="Converted weights precision: fp16, bf16 or fp32."),
     convert: bool = typer.Option(
         True, "--convert/--no-convert", help="Convert the checkpoint once into the fast-loading folder."
     ),
@@ -116,6 +116,65 @@ def download_weights_command(
         bad = ", ".join(i.name for i in report.items if not i.ok)
         err_console.print(f"missing or invalid: {bad} (run `xportrait download-weights`)", markup=False)
         raise typer.Exit(1)
+
+
+@app.command("inspect")
+def inspect_command(
+    portrait: str = typer.Argument(..., help="Portrait image (PNG, JPEG, WebP, ...)."),
+    driving: str | None = typer.Argument(None, help="Driving video (optional)."),
+    output: str | None = typer.Option(
+        None, "-o", "--output", help="Preview: .png (portrait | best aligned frame) or .mp4 (every frame)."
+    ),
+    json_output: bool = typer.Option(
+        False, "--json", help="Print one JSON object with the results on stdout."
+    ),
+    landmarks: str = typer.Option("auto", "--landmarks", help="Landmark backend: auto, fan or dlib."),
+    device: str = typer.Option("cpu", "--device", help="Device of the fan backend (cpu, cuda, cuda:1, ...)."),
+    best_frame: int = typer.Option(
+        -1, "--best-frame", help="Driving frame matching the portrait's pose; -1 automatic, -2 no alignment."
+    ),
+    start: int = typer.Option(0, "--start", help="First driving frame (official start_idx)."),
+    frames: int = typer.Option(
+        0, "--frames", help="Number of driving frames, 0 = all (official out_frames)."
+    ),
+    stride: int = typer.Option(1, "--stride", help="Use every n-th driving frame (official skip)."),
+) -> None:
+    """Run only the preprocessing stage: landmarks, best frame, alignment and eye/mouth patches.
+
+    Draws them over the portrait and the aligned driving frames with -o; --json prints
+    {"portrait", "best_frame", "affine", "frames"} in pixels of the 512x512 frames.
+    """
+    import json
+    import logging
+
+    from xportrait_cli.face.landmarks import make_detector
+    from xportrait_cli.inspect import inspect_inputs
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    detector = make_detector(landmarks, device)
+    result = inspect_inputs(
+        portrait,
+        driving,
+        detector=detector,
+        best_frame=best_frame,
+        start=start,
+        num_frames=frames,
+        stride=stride,
+        output=output,
+    )
+    if json_output:
+        typer.echo(json.dumps(result.to_json()))
+    else:
+        faces = sum(f["face"] for f in result.frames)
+        summary = f"portrait: face found ({detector.name})"
+        if driving is not None:
+            summary += (
+                f"; driving: face in {faces}/{len(result.frames)} frames; best frame {result.best_frame}"
+            )
+        typer.echo(summary)
+    if result.preview is not None:
+        err_console.print(f"preview written to {result.preview}", markup=False)
 
 
 def main() -> None:
