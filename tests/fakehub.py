@@ -52,6 +52,7 @@ class FakeHub:
     cut_first: set[str] = field(default_factory=set)  # paths whose first full GET is cut short
     cut_fraction: float = 0.5
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
+    authorizations: list[str | None] = field(default_factory=list)  # Authorization header per request
     url: str = ""
     _sha_cache: dict[int, str] = field(default_factory=dict)
 
@@ -147,6 +148,7 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def _handle(self) -> None:
             path = self.path.split("?", 1)[0]
             hub.requests.append((self.command, path, self.headers.get("Range")))
+            hub.authorizations.append(self.headers.get("Authorization"))
             if path.startswith("/mirror/"):
                 name = path[len("/mirror/") :]
                 if name not in hub.mirror:
@@ -189,7 +191,7 @@ class FakeHubServer:
         self.server.daemon_threads = True
         host, port = self.server.server_address[:2]
         self.hub.url = f"http://{host}:{port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> FakeHub:
         self.thread.start()
