@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 import sys
+from fractions import Fraction
 
 import av
 import numpy as np
