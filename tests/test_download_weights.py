@@ -93,6 +93,20 @@ def test_download_without_conversion(hub: FakeHub, tmp_path: Path, checkpoint_by
     assert len(hub.ranges("")) == gets
 
 
+def test_offline_run_uses_the_cache(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = weights.download_weights(convert=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    again = weights.download_weights(convert=False)
+    assert again.ok
+    assert again["checkpoint"].path == first["checkpoint"].path
+
+
+def test_unreachable_hub_without_cache_is_a_clear_error(hub: FakeHub, monkeypatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(DownloadError, match="cannot download"):
+        weights.download_weights(convert=False)
+
+
 def test_wrong_checksum_is_refused_and_removed(hub: FakeHub, tmp_path: Path) -> None:
     hub.wrong_sha.add(FILENAME)
     with pytest.raises(DownloadError, match="sha256 mismatch"):
@@ -248,6 +262,12 @@ def test_cli_errors_are_one_line(hub: FakeHub, monkeypatch: pytest.MonkeyPatch, 
     assert info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and FILENAME in err[0]
+
+    monkeypatch.setattr(sys, "argv", ["xportrait", "download-weights", "--check"])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 1
+    assert "missing or invalid: checkpoint (missing)" in capsys.readouterr().err
 
     monkeypatch.setattr(sys, "argv", ["xportrait", "download-weights", "--dtype", "fp8"])
     with pytest.raises(SystemExit) as info:

@@ -61,7 +61,7 @@ def download_weights_command(
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from xportrait_cli.errors import UsageError
+    from xportrait_cli.errors import UsageError, WeightsMissingError
     from xportrait_cli.models import weights
 
     if dtype not in weights.DTYPES:
@@ -113,9 +113,8 @@ def download_weights_command(
             err_console.print(f"  {item.name}: {item.detail}", markup=False)
     typer.echo(f"model\t{'ok' if report.model_path else 'missing'}\t-\t{report.model_path or '-'}")
     if not report.ok:
-        bad = ", ".join(i.name for i in report.items if not i.ok)
-        err_console.print(f"missing or invalid: {bad} (run `xportrait download-weights`)", markup=False)
-        raise typer.Exit(1)
+        bad = ", ".join(f"{i.name} ({i.status})" for i in report.items if not i.ok)
+        raise WeightsMissingError(f"missing or invalid: {bad}", hint="run `xportrait download-weights`")
 
 
 @app.command("inspect")

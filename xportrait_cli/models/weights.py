@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -372,6 +373,20 @@ def _remote_checkpoint(revision: str, endpoint: str, token: str | bool | None) -
     return _Remote(url, etag if _SHA256.match(etag) else None, meta.size, meta.commit_hash)
 
 
+def _offline_remote(error: DownloadError, cache: Path, revision: str) -> _Remote:
+    """The cached checkpoint's identity when the Hub cannot be reached; re-raises ``error`` otherwise."""
+    network_errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for client in ("httpx2", "httpx"):  # huggingface_hub 2.x / 1.x HTTP clients
+        with contextlib.suppress(ImportError):
+            network_errors.append(importlib.import_module(client).TransportError)
+    cached = _cached_checkpoint(cache, revision)
+    if cached is None or not isinstance(error.__cause__, tuple(network_errors)):
+        raise error
+    blob = cached.resolve()
+    sha = blob.name if _SHA256.match(blob.name) else None
+    return _Remote(str(cached), sha, blob.stat().st_size, cached.parent.name)
+
+
 def _cached_checkpoint(cache_dir: Path, revision: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
@@ -611,8 +626,11 @@ def download_weights(
     lm_base = _landmark_base(landmark_url)
     report = WeightsReport()
 
-    # 1. what the Hub has
-    remote = _remote_checkpoint(revision, endpoint, token)
+    # 1. what the Hub has (offline with a cached checkpoint: what the cache has)
+    try:
+        remote = _remote_checkpoint(revision, endpoint, token)
+    except DownloadError as exc:
+        remote = _offline_remote(exc, cache, revision)
     cached = _cached_checkpoint(cache, remote.commit)
     target_dir = _converted_dir(models, remote.commit, dtype)
     ckpt_size = remote.size or APPROX_CHECKPOINT_BYTES
