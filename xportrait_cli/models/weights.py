@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import http.client
 import importlib
 import json
 import os
@@ -523,7 +524,7 @@ def _fetch_url(
                     f"cannot reach {url}: {exc.reason}",
                     hint="check your connection, or use a mirror with --landmark-url",
                 ) from None
-            except (OSError, ValueError) as exc:  # short read, reset connection: resume
+            except (OSError, ValueError, http.client.HTTPException) as exc:  # short read: resume
                 error = exc
                 continue
             size = tmp.stat().st_size
