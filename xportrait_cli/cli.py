@@ -8,10 +8,13 @@ Each command parses its options, calls one library function and renders the resu
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
+from xportrait_cli.config import help_text
 from xportrait_cli.errors import XPortraitError
 
 app = typer.Typer(
@@ -176,10 +179,65 @@ def inspect_command(
         err_console.print(f"preview written to {result.preview}", markup=False)
 
 
+@app.command("animate")
+def animate_command(
+    portrait: Annotated[Path, typer.Argument(help="Portrait image (PNG, JPEG, WebP, ...).")],
+    driving: Annotated[Path, typer.Argument(help="Driving video (or a single image).")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output MP4 (default: <portrait>--<driving>.mp4 here).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help=help_text("model"), envvar="XPORTRAIT_MODEL")] = None,
+    model_config: Annotated[Optional[Path], typer.Option(help=help_text("model_config"))] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Preset name (presets/*.yaml) or YAML path; flags override it.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help=help_text("num_inference_steps"))] = None,
+    guidance_scale: Annotated[Optional[float], typer.Option(help=help_text("guidance_scale"))] = None,
+    num_mix: Annotated[Optional[int], typer.Option(help=help_text("num_mix"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=help_text("seed"))] = None,
+    best_frame: Annotated[Optional[int], typer.Option(help=help_text("best_frame"))] = None,
+    start: Annotated[Optional[int], typer.Option(help=help_text("start"))] = None,
+    frames: Annotated[Optional[int], typer.Option(help=help_text("frames"))] = None,
+    stride: Annotated[Optional[int], typer.Option(help=help_text("stride"))] = None,
+    size: Annotated[Optional[int], typer.Option(help=help_text("size"))] = None,
+    reference: Annotated[Optional[list[Path]], typer.Option(help=help_text("reference"))] = None,
+    landmarks: Annotated[Optional[str], typer.Option(help=help_text("landmarks"))] = None,
+    device: Annotated[Optional[str], typer.Option(help=help_text("device"))] = None,
+    dtype: Annotated[Optional[str], typer.Option(help=help_text("dtype"))] = None,
+    reference_mode: Annotated[Optional[str], typer.Option(help=help_text("reference_mode"))] = None,
+    batch_guidance: Annotated[Optional[str], typer.Option(help=help_text("batch_guidance"))] = None,
+    decode_chunk_size: Annotated[Optional[int], typer.Option(help=help_text("decode_chunk_size"))] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help=help_text("compile"))] = None,
+    offload: Annotated[Optional[bool], typer.Option("--offload/--no-offload", help=help_text("offload"))] = None,
+    crop: Annotated[Optional[bool], typer.Option("--crop/--no-crop", help=help_text("crop"))] = None,
+    paste_back: Annotated[Optional[bool], typer.Option("--paste-back/--no-paste-back", help=help_text("paste_back"))] = None,
+    comparison: Annotated[Optional[bool], typer.Option("--comparison/--no-comparison", help=help_text("comparison"))] = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo the job even if a finished output or checkpoint matches.")] = False,
+    keep_work: Annotated[bool, typer.Option("--keep-work", help="Keep the working directory <output>.xportrait/ after success.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")] = False,
+    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per event on stdout.")] = False,
+) -> None:
+    """Animate PORTRAIT with the motion of DRIVING and write an MP4 (audio kept, resumable)."""
+    from xportrait_cli.config import resolve_options
+    from xportrait_cli.jobs import JobSpec, run_job
+    from xportrait_cli.jobs.spec import default_output
+    from xportrait_cli.progress import choose_mode, make_sink
+
+    flags = dict(
+        model=model, model_config=model_config, num_inference_steps=steps, guidance_scale=guidance_scale,
+        num_mix=num_mix, seed=seed, best_frame=best_frame, start=start, frames=frames, stride=stride, size=size,
+        reference=reference or None, landmarks=landmarks, device=device, dtype=dtype, reference_mode=reference_mode,
+        batch_guidance=batch_guidance, decode_chunk_size=decode_chunk_size, compile=compile, offload=offload,
+        crop=crop, paste_back=paste_back, comparison=comparison,
+    )
+    options = resolve_options(flags, preset=preset)
+    spec = JobSpec(portrait, driving, (output or default_output(portrait, driving)).absolute(), options)
+    with make_sink(choose_mode(quiet=quiet, json_lines=json_lines)) as sink:
+        run_job(spec, sink, force=force, keep_work=keep_work)
+
+
 def main() -> None:
     """Console-script entry point: run the app and map known errors to exit codes."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except XPortraitError as exc:
         err_console.print(f"error: {exc.one_line()}", markup=False)
         sys.exit(exc.exit_code)

@@ -62,10 +62,12 @@ class _AudioCopier:
     otherwise. Created only when the source has an audio stream.
     """
 
-    def __init__(self, source: Path, out: av.container.OutputContainer) -> None:
+    def __init__(self, source: Path, out: av.container.OutputContainer, offset: Fraction = Fraction(0)) -> None:
         self.src = av.open(str(source))
         self.in_stream = self.src.streams.audio[0]
-        self.copy = self.in_stream.codec_context.name in COPY_AUDIO_CODECS
+        # audio that starts part-way into the source is transcoded, so that it is cut to the sample
+        self.copy = self.in_stream.codec_context.name in COPY_AUDIO_CODECS and offset == 0
+        self.offset = Fraction(offset)
         self._packets = self.src.demux(self.in_stream)
         self._done = False
         self._pending: av.Packet | None = None
@@ -109,11 +111,26 @@ class _AudioCopier:
 
     # -- transcode --------------------------------------------------------------------------------
     def _decode_frames(self) -> Iterator[av.AudioFrame]:
-        for packet in self._packets:
-            for frame in packet.decode():
-                frame.pts = None  # let the resampler count samples from 0
-                yield from self.resampler.resample(frame)
-        yield from self.resampler.resample(None)
+        skip = int(self.offset * self.out_stream.codec_context.sample_rate)  # samples before the offset
+
+        def resampled() -> Iterator[av.AudioFrame]:
+            for packet in self._packets:
+                for frame in packet.decode():
+                    frame.pts = None  # let the resampler count samples from 0
+                    yield from self.resampler.resample(frame)
+            yield from self.resampler.resample(None)
+
+        for frame in resampled():
+            if skip >= frame.samples:
+                skip -= frame.samples
+                continue
+            if skip:
+                arr = np.ascontiguousarray(frame.to_ndarray()[:, skip:])
+                rate = frame.sample_rate
+                frame = av.AudioFrame.from_ndarray(arr, format="fltp", layout=frame.layout)
+                frame.sample_rate = rate
+                skip = 0
+            yield frame
 
     def _transcode_until(self, seconds: Fraction, final: bool) -> None:
         """Encode frames that end by ``seconds``; ``final`` also encodes the last one, trimmed to it."""
@@ -170,6 +187,9 @@ class VideoWriter:
         fps: Exact frame rate, a :class:`~fractions.Fraction` or an int (a float raises ``TypeError``).
         audio_source: Optional file whose first audio stream is copied (AAC/MP3) or transcoded to AAC
             and cut to ``frames / fps``; a file without audio gives no audio track.
+        audio_offset: seconds into ``audio_source`` where the video's first frame starts (a driving
+            clip read from ``--start``); a non-zero offset transcodes the audio to AAC.
+        metadata: container metadata tags (e.g. ``{"comment": ...}``).
         crf: libx264 constant rate factor (default 18, visually lossless).
         preset: libx264 preset (default ``"medium"``).
 
@@ -189,6 +209,8 @@ class VideoWriter:
         fps: Fraction | int,
         *,
         audio_source: str | os.PathLike[str] | None = None,
+        audio_offset: Fraction | int = 0,
+        metadata: dict[str, str] | None = None,
         crf: int = 18,
         preset: str = "medium",
     ) -> None:
@@ -207,12 +229,13 @@ class VideoWriter:
             self._video = self._container.add_stream("libx264", rate=self.fps)
             self._video.pix_fmt = "yuv420p"
             self._video.options = {"crf": str(self.crf), "preset": self.preset}
+            self._container.metadata.update(metadata or {})
             self._audio: _AudioCopier | None = None
             if audio_source is not None:
                 with av.open(str(audio_source)) as probe_src:
                     has_audio = bool(probe_src.streams.audio)
                 if has_audio:
-                    self._audio = _AudioCopier(Path(audio_source), self._container)
+                    self._audio = _AudioCopier(Path(audio_source), self._container, Fraction(audio_offset))
         except BaseException:
             self.abort()
             raise

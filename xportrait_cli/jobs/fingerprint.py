@@ -1,0 +1,73 @@
+"""Job fingerprints: what determines a job's frames (input content, output-affecting options, weights).
+
+A fingerprint is a JSON-able dict plus its SHA-256 ``digest``. It is written to the job's working
+directory (``fingerprint.json``) while the job runs and into the finished MP4's ``comment`` metadata
+tag, so a re-run can tell a finished job (skip), an unfinished one (resume) and a changed one
+(restart) apart without keeping anything but the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import av
+
+from xportrait_cli.config import options_to_dict
+from xportrait_cli.jobs.spec import JobSpec
+
+FINGERPRINT_VERSION = 1
+TAG_PREFIX = "xportrait-fingerprint:"
+_CHUNK = 1 << 20
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file's content (streamed)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_identity(model: Path) -> dict[str, Any]:
+    """Identity of the weights without reading 12 GB: a converted folder's config digest plus the
+    weight file's size and mtime, or a checkpoint file's name, size and mtime."""
+    if model.is_dir():
+        files = sorted(p for p in model.iterdir() if p.is_file())
+        return {"kind": "folder", "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files},
+                "config": file_digest(model / "config.json") if (model / "config.json").exists() else None}
+    stat = model.stat()
+    return {"kind": "file", "name": model.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def job_fingerprint(spec: JobSpec, model: Path) -> dict[str, Any]:
+    """The fingerprint of ``spec`` with weights ``model``; ``["digest"]`` is its SHA-256."""
+    options = options_to_dict(spec.options, output_only=True)
+    for path_option in ("model", "reference", "model_config"):
+        options.pop(path_option, None)
+    opts = spec.options
+    body = {
+        "version": FINGERPRINT_VERSION,
+        "portrait": file_digest(spec.portrait),
+        "driving": file_digest(spec.driving),
+        "references": [file_digest(r) for r in opts.reference],
+        "model_config": file_digest(opts.model_config) if opts.model_config else None,
+        "weights": weights_identity(model),
+        "options": options,
+    }
+    body["digest"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return body
+
+
+def output_fingerprint(path: Path) -> str | None:
+    """The fingerprint digest stored in a finished output's metadata, or None."""
+    try:
+        with av.open(str(path)) as container:
+            comment = container.metadata.get("comment", "")
+    except (av.FFmpegError, OSError):
+        return None
+    return comment[len(TAG_PREFIX):] if comment.startswith(TAG_PREFIX) else None

@@ -1,0 +1,314 @@
+"""Run one job from options to a finished MP4; resumable after a crash (design.md, "One job").
+
+1. fingerprint + lock — the working directory ``<output>.xportrait/`` holds ``fingerprint.json``,
+   the prepared frame store and the latest latents checkpoint; a per-job file lock keeps two
+   processes off the same job.
+2. prepare — portrait landmarks, then the driving video into a :class:`FrameStore` (reused on resume).
+3. denoise — :class:`XPortraitPipeline`; after every step the latents are checkpointed atomically.
+4. decode + write — VAE decode in chunks straight into the atomic video writer (audio copied),
+   the fingerprint in the MP4's metadata; then the working directory is removed.
+
+Re-running a job: a finished output with the same fingerprint is skipped; an unfinished job with the
+same fingerprint resumes from its last completed step (bit-identical frames: every random draw is a
+function of the seed); a job whose inputs or options changed restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from filelock import FileLock, Timeout
+
+from xportrait_cli.errors import InputError, XPortraitError
+from xportrait_cli.events import (
+    EventSink,
+    FramesWritten,
+    JobDone,
+    JobSkipped,
+    Log,
+    StageFinished,
+    StageProgress,
+    StageStarted,
+    StepProgress,
+    null_sink,
+)
+from xportrait_cli.jobs.checkpoint import load_checkpoint, save_checkpoint
+from xportrait_cli.jobs.fingerprint import TAG_PREFIX, job_fingerprint, output_fingerprint
+from xportrait_cli.jobs.spec import JobSpec
+from xportrait_cli.models import XPortraitNetworks, load_networks
+from xportrait_cli.pipeline import XPortraitPipeline
+from xportrait_cli.pipeline.schedule import official_timesteps
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_NAME = "fingerprint.json"
+STORE_DIR = "store"
+
+
+class JobLockedError(XPortraitError):
+    """Another process holds this job's lock."""
+
+
+@dataclass
+class JobResult:
+    """Outcome of :func:`run_job`: ``status`` is ``"done"``, ``"skipped"`` or ``"locked"``."""
+
+    output: Path
+    status: str
+    seconds: float = 0.0
+    resumed_from: int | None = None
+    comparison: Path | None = None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``"auto"`` → bf16 on CUDA cards that support it, else fp16 on CUDA, fp32 on CPU."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+class NetworksCache:
+    """Loads networks once per (weights, config, device, dtype) and reuses them across jobs."""
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._networks: XPortraitNetworks | None = None
+
+    def get(self, model: Path, config: Path | None, device: torch.device, dtype: torch.dtype) -> XPortraitNetworks:
+        key = (str(model), str(config), str(device), str(dtype))
+        if key != self._key:
+            self._networks = None  # free the previous model first
+            self._networks = load_networks(model, config=config, device=device, dtype=dtype)
+            self._key = key
+        return self._networks
+
+
+def model_path(spec: JobSpec) -> Path:
+    """The weights this job uses: ``--model``, else the download cache (raises WeightsMissingError)."""
+    if spec.options.model is not None:
+        if not spec.options.model.exists():
+            raise InputError(f"{spec.options.model}: model not found",
+                             "pass an existing --model or run `xportrait download-weights`")
+        return spec.options.model
+    from xportrait_cli.models.weights import default_model_path
+
+    return default_model_path()
+
+
+def check_inputs(spec: JobSpec) -> None:
+    """Fail early, with one line, on missing or unreadable input files."""
+    for label, path in (("portrait", spec.portrait), ("driving video", spec.driving),
+                        *(("reference portrait", r) for r in spec.options.reference)):
+        if not path.exists():
+            raise InputError(f"{path}: {label} not found", "check the path")
+        if path.is_dir():
+            raise InputError(f"{path}: {label} is a folder, not a file", "pass a file")
+    if not spec.output.parent.is_dir():
+        raise InputError(f"{spec.output.parent}: output folder does not exist", "create it or pass another -o")
+
+
+class _Stage:
+    """Emit StageStarted/StageFinished around a block."""
+
+    def __init__(self, events: EventSink, stage: str, job: str, total: int | None = None) -> None:
+        self.events, self.stage, self.job, self.total = events, stage, job, total
+
+    def __enter__(self) -> _Stage:
+        self.start = time.monotonic()
+        self.events(StageStarted(self.stage, self.total, job=self.job))
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.events(StageFinished(self.stage, time.monotonic() - self.start, job=self.job))
+
+
+def _portrait_tensor(path: Path, size: int) -> torch.Tensor:
+    from xportrait_cli.image import load_portrait
+
+    rgb = load_portrait(path, size)
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() * 2 - 1
+
+
+def run_job(
+    spec: JobSpec,
+    events: EventSink = null_sink,
+    *,
+    force: bool = False,
+    keep_work: bool = False,
+    networks: NetworksCache | None = None,
+    after_step: Callable[[int], None] | None = None,
+) -> JobResult:
+    """Run one job to a finished MP4 at ``spec.output`` (see the module docstring for the stages).
+
+    Args:
+        spec: the job; events: sink for progress events (nothing here prints).
+        force: redo the job even if a finished output or a checkpoint matches.
+        keep_work: keep the working directory after success.
+        networks: a cache shared across a batch's jobs (a new one by default).
+        after_step: called with the number of completed steps after each checkpoint (tests use it to
+            stop a run at a chosen step).
+
+    Returns:
+        :class:`JobResult`; ``status="locked"`` when another process holds the job.
+
+    Raises:
+        XPortraitError subclasses (InputError, NoFaceError, WeightsMissingError, CheckpointError, …);
+        KeyboardInterrupt leaves the checkpoint of the last completed step and no output.
+    """
+    started = time.monotonic()
+    job = spec.label
+    check_inputs(spec)
+    opts = spec.options
+    model = model_path(spec)
+    fingerprint = job_fingerprint(spec, model)
+    digest = fingerprint["digest"]
+
+    if not force and spec.output.exists() and output_fingerprint(spec.output) == digest:
+        events(JobSkipped("finished output with the same inputs and options", str(spec.output), job=job))
+        return JobResult(spec.output, "skipped")
+
+    lock = FileLock(str(spec.lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        events(JobSkipped("running in another process", str(spec.output), job=job))
+        return JobResult(spec.output, "locked")
+    try:
+        work = _work_dir(spec, fingerprint, force, events)
+        result = _run_locked(spec, fingerprint, work, events, networks or NetworksCache(), model, after_step)
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        lock.release()
+        spec.lock_path.unlink(missing_ok=True)
+    result.seconds = time.monotonic() - started
+    events(JobDone(str(spec.output), result.seconds, job=job))
+    return result
+
+
+def _work_dir(spec: JobSpec, fingerprint: dict, force: bool, events: EventSink) -> Path:
+    work = spec.work_dir
+    saved = work / FINGERPRINT_NAME
+    if work.exists():
+        previous = json.loads(saved.read_text()).get("digest") if saved.is_file() else None
+        if force or previous != fingerprint["digest"]:
+            why = "--force" if force else "inputs or options changed"
+            events(Log("info", f"restarting {spec.label}: {why}", job=spec.label))
+            shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = work / f".{FINGERPRINT_NAME}.tmp"
+    tmp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
+    tmp.replace(saved)
+    return work
+
+
+def _run_locked(spec, fingerprint, work, events, cache, model, after_step) -> JobResult:
+    from xportrait_cli.face.landmarks import detect_portrait, make_detector
+    from xportrait_cli.framestore import prepare_driving
+    from xportrait_cli.image import load_image
+
+    opts, job, digest = spec.options, spec.label, fingerprint["digest"]
+    device = resolve_device(opts.device)
+    dtype = resolve_dtype(opts.dtype, device)
+
+    # 2. prepare
+    with _Stage(events, "landmarks", job):
+        detector = make_detector(opts.landmarks, device="cuda" if device.type == "cuda" else "cpu")
+        events(Log("info", f"landmarks: {detector.name}", job=job))
+        portrait_landmarks = None
+        if opts.best_frame != -2:
+            portrait_landmarks = detect_portrait(load_image(spec.portrait), detector, name=str(spec.portrait))
+    with _Stage(events, "align", job) as stage:
+        store = prepare_driving(
+            spec.driving, portrait_landmarks, work / STORE_DIR, size=opts.size, best_frame=opts.best_frame,
+            start=opts.start, num_frames=opts.frames, stride=opts.stride, detector=detector,
+            on_progress=lambda done, total: events(StageProgress(stage.stage, done, total, job=job)),
+        )
+        if store.num_filled:
+            events(Log("warning", f"no face in {store.num_filled} of {len(store)} driving frames: landmarks "
+                                  "interpolated from their neighbours", job=job))
+
+    # 3. denoise
+    networks = cache.get(model, opts.model_config, device, dtype)
+    pipe = XPortraitPipeline(networks)
+    source = _portrait_tensor(spec.portrait, opts.size)
+    references = [_portrait_tensor(r, opts.size) for r in opts.reference]
+    resume = load_checkpoint(work, digest)
+    latents, start_step = resume if resume else (None, 0)
+    total_steps = len(official_timesteps(opts.num_inference_steps))
+    if resume:
+        events(Log("info", f"resumed {job} from step {start_step} of {total_steps}", job=job))
+
+    def on_step(_pipe, step_index, timestep, state):
+        save_checkpoint(work, state["latents"], step_index + 1, digest)
+        events(StepProgress(step_index + 1, total_steps, timestep, len(state["windows"]), job=job))
+        if after_step is not None:
+            after_step(step_index + 1)
+
+    with _Stage(events, "denoise", job, total_steps):
+        out = pipe(
+            source, store, num_inference_steps=opts.num_inference_steps, guidance_scale=opts.guidance_scale,
+            num_mix=opts.num_mix, seed=opts.seed, reference_mode=opts.reference_mode, references=references,
+            batch_guidance=_batch_guidance(opts.batch_guidance, device), latents=latents, start_step=start_step,
+            callback_on_step_end=on_step, output_type="latent",
+        )
+
+    # 4. decode + write
+    from xportrait_cli.video.writer import VideoWriter
+
+    n = len(store)
+    with _Stage(events, "decode", job, n), VideoWriter(
+        spec.output, store.fps, audio_source=store.audio_source, audio_offset=store.audio_offset,
+        metadata={"comment": TAG_PREFIX + digest},
+    ) as writer:
+        for chunk in pipe.decode_latents(out.latents, opts.decode_chunk_size):
+            writer.write(chunk)
+            events(FramesWritten(writer.frames_written, n, job=job))
+    comparison = _write_comparison(spec, store, source) if opts.comparison else None
+    return JobResult(spec.output, "done", resumed_from=start_step if resume else None, comparison=comparison)
+
+
+def _batch_guidance(setting: str, device: torch.device) -> bool:
+    """``auto``: batch the two guidance passes on CUDA (faster), run them in sequence on CPU."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def comparison_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}.comparison{output.suffix}")
+
+
+def _write_comparison(spec: JobSpec, store, source: torch.Tensor) -> Path:
+    """Side-by-side portrait · aligned driving frame · result, at the output's frame rate."""
+    from xportrait_cli.video.reader import VideoReader
+    from xportrait_cli.video.writer import VideoWriter
+
+    path = comparison_path(spec.output)
+    portrait = ((source[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    reader = VideoReader(spec.output)
+    with VideoWriter(path, store.fps, audio_source=spec.output) as writer:
+        for start in range(0, len(store), 16):
+            indices = list(range(start, min(start + 16, len(store))))
+            result = reader.read(indices)
+            driving = store.frames_u8(indices)
+            panel = np.concatenate([np.broadcast_to(portrait, driving.shape), driving, result], axis=2)
+            writer.write(np.ascontiguousarray(panel))
+    reader.close()
+    return path
