@@ -191,6 +191,32 @@ class _Options:
     portrait_landmarks: list | None
 
 
+class _FrameFile:
+    """Write side of ``frames.npy``: an .npy header, then frames written and read back one at a time
+    with plain file I/O (not a memmap, so the pages written do not pile up in the resident set)."""
+
+    def __init__(self, path: Path, n: int, size: int) -> None:
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3)).flush()
+        self.offset = np.load(path, mmap_mode="r").offset
+        self.shape = (size, size, 3)
+        self.nbytes = size * size * 3
+        self._f = open(path, "r+b")  # noqa: SIM115 - closed by close()
+
+    def __setitem__(self, i: int, frame: np.ndarray) -> None:
+        self._f.seek(self.offset + i * self.nbytes)
+        self._f.write(np.ascontiguousarray(frame, dtype=np.uint8).tobytes())
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        self._f.seek(self.offset + i * self.nbytes)
+        return np.frombuffer(self._f.read(self.nbytes), dtype=np.uint8).reshape(self.shape).copy()
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+
+
 def _reusable(work_dir: Path, key: dict) -> FrameStore | None:
     try:
         store = FrameStore.open(work_dir)
@@ -280,7 +306,7 @@ def prepare_driving(
     n = len(indices)
     (work / META).unlink(missing_ok=True)  # the old store, if any, is no longer complete
     tmp = {name: work / f"{name}.incomplete.npy" for name in _ARRAYS}
-    frames = np.lib.format.open_memmap(tmp["frames"], mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    frames = _FrameFile(tmp["frames"], n, size)
     raw = np.zeros((n, 68, 2), dtype=np.float32)
     found = np.zeros(n, dtype=bool)
     total = 2 * n
@@ -340,13 +366,12 @@ def prepare_driving(
         boxes = np.stack([patch_boxes(p, size) for p in aligned256]).astype(np.int32)
         if best_frame != NO_ALIGNMENT:
             for i in range(n):
-                frames[i] = warp_frame(np.asarray(frames[i]), affine, size)
+                frames[i] = warp_frame(frames[i], affine, size)
                 if on_progress is not None and ((i + 1) % batch_size == 0 or i + 1 == n):
                     on_progress(n + i + 1, total)
         elif on_progress is not None:
             on_progress(total, total)
-        frames.flush()
-        del frames
+        frames.close()
         np.save(tmp["landmarks"], (aligned256 * np.float32(size / LANDMARK_RES)).astype(np.float32))
         np.save(tmp["boxes"], boxes)
         np.save(tmp["found"], found)
@@ -374,6 +399,7 @@ def prepare_driving(
         tmp_meta.write_text(json.dumps(meta, indent=1))
         os.replace(tmp_meta, work / META)
     except BaseException:
+        frames.close()
         for p in tmp.values():
             p.unlink(missing_ok=True)
         raise
