@@ -39,14 +39,23 @@ class Report:
         actual = torch.as_tensor(actual).double()
         expected = torch.as_tensor(expected).double().to(actual.device)
         if actual.shape != expected.shape:
-            self.checks[name] = {"max_abs_error": None, "tolerance": tolerance, "ok": False,
-                                 "error": f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"}
+            self.checks[name] = {
+                "max_abs_error": None,
+                "tolerance": tolerance,
+                "ok": False,
+                "error": f"shape {tuple(actual.shape)} != {tuple(expected.shape)}",
+            }
             return
         error = (actual - expected).abs().max().item() if actual.numel() else 0.0
         self.checks[name] = {"max_abs_error": error, "tolerance": tolerance, "ok": bool(error <= tolerance)}
 
     def flag(self, name: str, ok: bool, detail: str = "") -> None:
-        self.checks[name] = {"max_abs_error": 0.0 if ok else None, "tolerance": 0.0, "ok": ok, "detail": detail}
+        self.checks[name] = {
+            "max_abs_error": 0.0 if ok else None,
+            "tolerance": 0.0,
+            "ok": ok,
+            "detail": detail,
+        }
 
     @property
     def ok(self) -> bool:
@@ -60,14 +69,24 @@ def component_checks(networks, tensors: dict, atol: float, report: Report) -> No
         report.add("text/context", networks.context, tensors["text/context"], atol)
     with torch.no_grad():
         if has("comp_a/eps"):
-            eps = networks.predict_noise(tensors["comp_a/x"], tensors["comp_a/t"], num_frames=tensors["comp_a/x"].shape[0])
+            eps = networks.predict_noise(
+                tensors["comp_a/x"], tensors["comp_a/t"], num_frames=tensors["comp_a/x"].shape[0]
+            )
             report.add("comp_a/eps", eps, tensors["comp_a/eps"], atol)
-        for name, controlnet in (("comp_b", networks.pose_controlnet), ("comp_b_local", networks.local_controlnet)):
+        for name, controlnet in (
+            ("comp_b", networks.pose_controlnet),
+            ("comp_b_local", networks.local_controlnet),
+        ):
             if not has(f"{name}/out_00"):
                 continue
             x, t = tensors["comp_b/x"], tensors["comp_b/t"]
-            down, mid = controlnet(x, t, encoder_hidden_states=networks.context.expand(x.shape[0], -1, -1),
-                                   controlnet_cond=tensors[f"{name}/hint"], return_dict=False)
+            down, mid = controlnet(
+                x,
+                t,
+                encoder_hidden_states=networks.context.expand(x.shape[0], -1, -1),
+                controlnet_cond=tensors[f"{name}/hint"],
+                return_dict=False,
+            )
             for i, out in enumerate([*down, mid]):
                 report.add(f"{name}/out_{i:02d}", out, tensors[f"{name}/out_{i:02d}"], atol)
         if has("comp_c/eps"):
@@ -79,7 +98,9 @@ def component_checks(networks, tensors: dict, atol: float, report: Report) -> No
             eps = networks.predict_noise(x, t, num_frames=x.shape[0], bank=bank)
             report.add("comp_c/eps", eps, tensors["comp_c/eps"], atol)
             if has("comp_c2/eps"):
-                residuals = networks.controlnet_residuals(x, t, tensors["comp_c2/hint"], tensors["comp_c2/local"])
+                residuals = networks.controlnet_residuals(
+                    x, t, tensors["comp_c2/hint"], tensors["comp_c2/local"]
+                )
                 eps = networks.predict_noise(x, t, num_frames=x.shape[0], bank=bank, residuals=residuals)
                 report.add("comp_c2/eps", eps, tensors["comp_c2/eps"], atol)
         if has("comp_d/image"):
@@ -87,10 +108,19 @@ def component_checks(networks, tensors: dict, atol: float, report: Report) -> No
             report.add("comp_d/posterior_mean", posterior.mean, tensors["comp_d/posterior_mean"], atol)
             report.add("comp_d/posterior_logvar", posterior.logvar, tensors["comp_d/posterior_logvar"], atol)
             report.add("comp_d/posterior_std", posterior.std, tensors["comp_d/posterior_std"], atol)
-            report.add("comp_d/decoded", networks.vae.decode(tensors["comp_d/z"]).sample, tensors["comp_d/decoded"], atol)
+            report.add(
+                "comp_d/decoded",
+                networks.vae.decode(tensors["comp_d/z"]).sample,
+                tensors["comp_d/decoded"],
+                atol,
+            )
             z = tensors["comp_d/z_scaled"] / networks.scale_factor
-            report.add("comp_d/decode_first_stage", networks.vae.decode(z).sample,
-                       tensors["comp_d/decode_first_stage"], atol)
+            report.add(
+                "comp_d/decode_first_stage",
+                networks.vae.decode(z).sample,
+                tensors["comp_d/decode_first_stage"],
+                atol,
+            )
 
 
 def end_to_end_checks(networks, case: dict, tensors: dict, batch_guidance: bool, report: Report) -> None:
@@ -109,14 +139,21 @@ def end_to_end_checks(networks, case: dict, tensors: dict, batch_guidance: bool,
     schedule = alphas_cumprod()
     report.add("sched/alphas_cumprod", schedule, tensors["sched/alphas_cumprod"], 0.0)
     mean, std = pipe.encode_posterior(tensors["inputs/source"])
-    report.add("vae/source_posterior_mean", mean, tensors["vae/source_posterior_mean"], acc["single_network_atol"])
-    report.add("vae/source_posterior_std", std, tensors["vae/source_posterior_std"], acc["single_network_atol"])
+    report.add(
+        "vae/source_posterior_mean", mean, tensors["vae/source_posterior_mean"], acc["single_network_atol"]
+    )
+    report.add(
+        "vae/source_posterior_std", std, tensors["vae/source_posterior_std"], acc["single_network_atol"]
+    )
     x_t = pipe.prepare_latents(mean, std, draws, schedule)
     report.add("lat/x_T", x_t, tensors["lat/x_T"], _latent_tol(acc, tensors["lat/x_T"]))
     ref = pipe.reference_latents(mean, std, draws.ref_posterior_noise)
-    report.add("lat/ref_latents", ref, tensors["lat/ref_latents"], _latent_tol(acc, tensors["lat/ref_latents"]))
+    report.add(
+        "lat/ref_latents", ref, tensors["lat/ref_latents"], _latent_tol(acc, tensors["lat/ref_latents"])
+    )
     windows_ok = all(
-        window_plan(n, draws.offsets[k], case["num_mix"]) == [[int(i) for i in w] for w in case["windows_per_step"][k]]
+        window_plan(n, draws.offsets[k], case["num_mix"])
+        == [[int(i) for i in w] for w in case["windows_per_step"][k]]
         for k in range(steps)
     )
     report.flag("windows_per_step", windows_ok)
@@ -140,13 +177,21 @@ def end_to_end_checks(networks, case: dict, tensors: dict, batch_guidance: bool,
         callback_on_step_end=on_step,
         output_type="latent",
     )
-    report.add("final/latents", out.latents, tensors["final/latents"], _latent_tol(acc, tensors["final/latents"]))
+    report.add(
+        "final/latents", out.latents, tensors["final/latents"], _latent_tol(acc, tensors["final/latents"])
+    )
     with torch.no_grad():
-        decoded = torch.cat([networks.vae.decode(z / networks.scale_factor).sample
-                             for z in out.latents.split(16)]).clamp(-1, 1)
+        decoded = torch.cat(
+            [networks.vae.decode(z / networks.scale_factor).sample for z in out.latents.split(16)]
+        ).clamp(-1, 1)
     report.add("final/decoded", decoded, tensors["final/decoded"], acc["decoded_atol"])
     frames_u8 = torch.from_numpy(np.concatenate(list(pipe.decode_latents(out.latents, 16))))
-    report.add("final/frames_uint8", frames_u8.int(), tensors["final/frames_uint8"].int(), acc["frames_uint8_max_levels"])
+    report.add(
+        "final/frames_uint8",
+        frames_u8.int(),
+        tensors["final/frames_uint8"].int(),
+        acc["frames_uint8_max_levels"],
+    )
 
 
 def _latent_tol(acceptance: dict, expected: torch.Tensor) -> float:
@@ -159,8 +204,9 @@ def run_case(case_path: Path, batch_guidance: bool = False) -> dict:
     case = json.loads(case_path.read_text())
     tensors = load_file(str(case_path.parent / case["tensors_file"]))
     config = case.get("model_config")
-    networks = load_networks(case_path.parent / case["checkpoint"],
-                             config=case_path.parent / config if config else None)
+    networks = load_networks(
+        case_path.parent / case["checkpoint"], config=case_path.parent / config if config else None
+    )
     report = Report()
     component_checks(networks, tensors, case["acceptance"]["single_network_atol"], report)
     if "step0/x_prev" in tensors:

@@ -25,7 +25,7 @@ def full_scale_meta_state_dict(shared, clip_spelling: str) -> dict[str, torch.Te
         key, shape, dtype = line.split("\t")
         dims = tuple(int(d) for d in re.findall(r"\d+", shape))
         if clip_spelling == "4.30" and key.startswith(CLIP5):
-            key = CLIP4 + key[len(CLIP5):]
+            key = CLIP4 + key[len(CLIP5) :]
         state_dict[key] = torch.empty(dims, dtype=getattr(torch, dtype.split(".")[-1]), device="meta")
     if clip_spelling == "4.30":
         state_dict[CLIP4 + "embeddings.position_ids"] = torch.empty(1, 77, dtype=torch.int64, device="meta")
@@ -64,7 +64,9 @@ def test_wrong_prefix_is_an_error_naming_the_keys(tiny_state_dict):
 def test_unknown_key_is_named(tiny_state_dict, tiny_config):
     extra = dict(tiny_state_dict)
     extra["model.diffusion_model.extra_head.weight"] = torch.zeros(3)
-    with pytest.raises(CheckpointError, match="1 checkpoint tensors match no network: model.diffusion_model.extra_head"):
+    with pytest.raises(
+        CheckpointError, match="1 checkpoint tensors match no network: model.diffusion_model.extra_head"
+    ):
         load_networks(extra, config=tiny_config)
 
 
@@ -82,15 +84,18 @@ def test_wrong_shape_is_named(tiny_state_dict, tiny_config):
         load_networks(broken, config=tiny_config)
 
 
-def test_bare_dict_safetensors_and_converted_folder_match_the_pickle(tmp_path, golden, tiny_state_dict, tiny_config):
+def test_bare_dict_safetensors_and_converted_folder_match_the_pickle(
+    tmp_path, golden, tiny_state_dict, tiny_config
+):
     reference = load_networks(golden / "tiny_xportrait.th", config=tiny_config)
     assert all(p.dtype == torch.float32 for p in reference.parameters())  # fp16 storage upcast
     path = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in tiny_state_dict.items()}, str(path))
     from_safetensors = load_networks(path, config=tiny_config)
     from_bare = load_networks(dict(tiny_state_dict), config=tiny_config)
-    folder = convert_checkpoint(golden / "tiny_xportrait.th", tmp_path / "converted", config=tiny_config,
-                                dtype=torch.float16)
+    folder = convert_checkpoint(
+        golden / "tiny_xportrait.th", tmp_path / "converted", config=tiny_config, dtype=torch.float16
+    )
     assert is_converted(folder) and not list(tmp_path.glob("*.incomplete"))
     converted = load_networks(folder)
     expected = reference.state_dict()

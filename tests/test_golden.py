@@ -15,7 +15,9 @@ import golden  # noqa: E402
 
 
 def golden_cases(shared_dir: Path) -> list[Path]:
-    return sorted(p for p in (shared_dir / "golden").glob("*.json") if "tensors_file" in json.loads(p.read_text()))
+    return sorted(
+        p for p in (shared_dir / "golden").glob("*.json") if "tensors_file" in json.loads(p.read_text())
+    )
 
 
 def pytest_generate_tests(metafunc):
@@ -29,8 +31,12 @@ def pytest_generate_tests(metafunc):
 def test_checker_cli_passes_every_case(case_path, shared):
     if case_path is None:
         pytest.skip("no golden case files")
-    run = subprocess.run([sys.executable, str(HERE / "golden.py"), str(case_path)], capture_output=True, text=True,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    run = subprocess.run(
+        [sys.executable, str(HERE / "golden.py"), str(case_path)],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     report = json.loads(run.stdout)
     failed = {k: v for k, v in report["checks"].items() if not v["ok"]}
     assert run.returncode == 0 and report["ok"], failed

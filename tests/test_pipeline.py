@@ -1,4 +1,4 @@
-"""XPortraitPipeline behaviour beyond golden parity: edge cases, determinism, resume, interrupt, references."""
+"""XPortraitPipeline beyond golden parity: edge cases, determinism, resume, interrupt, references."""
 
 from __future__ import annotations
 
@@ -27,8 +27,14 @@ def frames_of(case, n):
 @pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize("reference_mode", ["shared", "per-frame"])
 def test_single_image_and_short_clips_give_finite_frames(pipe, case, n, reference_mode):
-    out = pipe(case["inputs/source"], frames_of(case, n), num_inference_steps=2, num_mix=4,
-               reference_mode=reference_mode, seed=1)
+    out = pipe(
+        case["inputs/source"],
+        frames_of(case, n),
+        num_inference_steps=2,
+        num_mix=4,
+        reference_mode=reference_mode,
+        seed=1,
+    )
     assert torch.isfinite(out.latents).all()  # the official sampler gives NaN / black here (issue #11)
     assert out.frames.shape == (n, 64, 64, 3) and out.frames.dtype == np.uint8
     assert out.frames.std() > 5  # not a flat (black) image
@@ -51,10 +57,23 @@ def test_resume_from_a_step_is_bit_identical(pipe, case):
     def keep(_pipe, step, _t, state):
         saved[step] = state["latents"].clone()
 
-    full = pipe(case["inputs/source"], frames, num_inference_steps=4, seed=3, callback_on_step_end=keep,
-                output_type="latent")
-    resumed = pipe(case["inputs/source"], frames, num_inference_steps=4, seed=3, latents=saved[1], start_step=2,
-                   output_type="latent")
+    full = pipe(
+        case["inputs/source"],
+        frames,
+        num_inference_steps=4,
+        seed=3,
+        callback_on_step_end=keep,
+        output_type="latent",
+    )
+    resumed = pipe(
+        case["inputs/source"],
+        frames,
+        num_inference_steps=4,
+        seed=3,
+        latents=saved[1],
+        start_step=2,
+        output_type="latent",
+    )
     assert resumed.steps_done == 4
     assert torch.equal(full.latents, resumed.latents)
 
@@ -66,7 +85,9 @@ def test_callback_can_stop_the_run(pipe, case):
         seen.append((step, timestep, len(state["windows"])))
         return {"interrupt": step == 1}
 
-    out = pipe(case["inputs/source"], frames_of(case, 20), num_inference_steps=4, callback_on_step_end=stop_after_two)
+    out = pipe(
+        case["inputs/source"], frames_of(case, 20), num_inference_steps=4, callback_on_step_end=stop_after_two
+    )
     assert out.interrupted and out.steps_done == 2 and out.frames is None
     assert seen == [(0, 751, 2), (1, 501, 2)]
 
@@ -74,7 +95,14 @@ def test_callback_can_stop_the_run(pipe, case):
 def test_batched_guidance_matches_separate_passes(pipe, case):
     frames = frames_of(case, 20)
     a = pipe(case["inputs/source"], frames, num_inference_steps=2, seed=5, output_type="latent")
-    b = pipe(case["inputs/source"], frames, num_inference_steps=2, seed=5, batch_guidance=True, output_type="latent")
+    b = pipe(
+        case["inputs/source"],
+        frames,
+        num_inference_steps=2,
+        seed=5,
+        batch_guidance=True,
+        output_type="latent",
+    )
     torch.testing.assert_close(a.latents, b.latents, atol=1e-4, rtol=0)
 
 

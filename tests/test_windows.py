@@ -12,7 +12,9 @@ def test_case_a_windows_match_the_official_plan(shared):
     import json
 
     case = json.loads((shared / "golden" / "case_a.json").read_text())
-    for offset, expected, counts in zip(case["offsets"], case["windows_per_step"], case["counts_per_step"], strict=True):
+    for offset, expected, counts in zip(
+        case["offsets"], case["windows_per_step"], case["counts_per_step"], strict=True
+    ):
         plan = window_plan(case["N"], offset, case["num_mix"])
         assert plan == expected
         assert frame_counts(case["N"], plan) == counts

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import ClickException
 from rich.console import Console
 
 from xportrait_cli.config import help_text
@@ -183,33 +188,51 @@ def inspect_command(
 def animate_command(
     portrait: Annotated[Path, typer.Argument(help="Portrait image (PNG, JPEG, WebP, ...).")],
     driving: Annotated[Path, typer.Argument(help="Driving video (or a single image).")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output MP4 (default: <portrait>--<driving>.mp4 here).")] = None,
-    model: Annotated[Optional[Path], typer.Option(help=help_text("model"), envvar="XPORTRAIT_MODEL")] = None,
-    model_config: Annotated[Optional[Path], typer.Option(help=help_text("model_config"))] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Preset name (presets/*.yaml) or YAML path; flags override it.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help=help_text("num_inference_steps"))] = None,
-    guidance_scale: Annotated[Optional[float], typer.Option(help=help_text("guidance_scale"))] = None,
-    num_mix: Annotated[Optional[int], typer.Option(help=help_text("num_mix"))] = None,
-    seed: Annotated[Optional[int], typer.Option(help=help_text("seed"))] = None,
-    best_frame: Annotated[Optional[int], typer.Option(help=help_text("best_frame"))] = None,
-    start: Annotated[Optional[int], typer.Option(help=help_text("start"))] = None,
-    frames: Annotated[Optional[int], typer.Option(help=help_text("frames"))] = None,
-    stride: Annotated[Optional[int], typer.Option(help=help_text("stride"))] = None,
-    size: Annotated[Optional[int], typer.Option(help=help_text("size"))] = None,
-    reference: Annotated[Optional[list[Path]], typer.Option(help=help_text("reference"))] = None,
-    landmarks: Annotated[Optional[str], typer.Option(help=help_text("landmarks"))] = None,
-    device: Annotated[Optional[str], typer.Option(help=help_text("device"))] = None,
-    dtype: Annotated[Optional[str], typer.Option(help=help_text("dtype"))] = None,
-    reference_mode: Annotated[Optional[str], typer.Option(help=help_text("reference_mode"))] = None,
-    batch_guidance: Annotated[Optional[str], typer.Option(help=help_text("batch_guidance"))] = None,
-    decode_chunk_size: Annotated[Optional[int], typer.Option(help=help_text("decode_chunk_size"))] = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help=help_text("compile"))] = None,
-    offload: Annotated[Optional[bool], typer.Option("--offload/--no-offload", help=help_text("offload"))] = None,
-    crop: Annotated[Optional[bool], typer.Option("--crop/--no-crop", help=help_text("crop"))] = None,
-    paste_back: Annotated[Optional[bool], typer.Option("--paste-back/--no-paste-back", help=help_text("paste_back"))] = None,
-    comparison: Annotated[Optional[bool], typer.Option("--comparison/--no-comparison", help=help_text("comparison"))] = None,
-    force: Annotated[bool, typer.Option("--force", help="Redo the job even if a finished output or checkpoint matches.")] = False,
-    keep_work: Annotated[bool, typer.Option("--keep-work", help="Keep the working directory <output>.xportrait/ after success.")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Output MP4 (default: <portrait>--<driving>.mp4 here)."),
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help=help_text("model"), envvar="XPORTRAIT_MODEL")] = None,
+    model_config: Annotated[Path | None, typer.Option(help=help_text("model_config"))] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Preset name (presets/*.yaml) or YAML path; flags override it.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help=help_text("num_inference_steps"))] = None,
+    guidance_scale: Annotated[float | None, typer.Option(help=help_text("guidance_scale"))] = None,
+    num_mix: Annotated[int | None, typer.Option(help=help_text("num_mix"))] = None,
+    seed: Annotated[int | None, typer.Option(help=help_text("seed"))] = None,
+    best_frame: Annotated[int | None, typer.Option(help=help_text("best_frame"))] = None,
+    start: Annotated[int | None, typer.Option(help=help_text("start"))] = None,
+    frames: Annotated[int | None, typer.Option(help=help_text("frames"))] = None,
+    stride: Annotated[int | None, typer.Option(help=help_text("stride"))] = None,
+    size: Annotated[int | None, typer.Option(help=help_text("size"))] = None,
+    reference: Annotated[list[Path] | None, typer.Option(help=help_text("reference"))] = None,
+    landmarks: Annotated[str | None, typer.Option(help=help_text("landmarks"))] = None,
+    device: Annotated[str | None, typer.Option(help=help_text("device"))] = None,
+    dtype: Annotated[str | None, typer.Option(help=help_text("dtype"))] = None,
+    reference_mode: Annotated[str | None, typer.Option(help=help_text("reference_mode"))] = None,
+    batch_guidance: Annotated[str | None, typer.Option(help=help_text("batch_guidance"))] = None,
+    decode_chunk_size: Annotated[int | None, typer.Option(help=help_text("decode_chunk_size"))] = None,
+    compile: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help=help_text("compile"))
+    ] = None,
+    offload: Annotated[
+        bool | None, typer.Option("--offload/--no-offload", help=help_text("offload"))
+    ] = None,
+    crop: Annotated[bool | None, typer.Option("--crop/--no-crop", help=help_text("crop"))] = None,
+    paste_back: Annotated[
+        bool | None, typer.Option("--paste-back/--no-paste-back", help=help_text("paste_back"))
+    ] = None,
+    comparison: Annotated[
+        bool | None, typer.Option("--comparison/--no-comparison", help=help_text("comparison"))
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Redo the job even if a finished output or checkpoint matches.")
+    ] = False,
+    keep_work: Annotated[
+        bool,
+        typer.Option("--keep-work", help="Keep the working directory <output>.xportrait/ after success."),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")] = False,
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per event on stdout.")] = False,
 ) -> None:
@@ -220,16 +243,83 @@ def animate_command(
     from xportrait_cli.progress import choose_mode, make_sink
 
     flags = dict(
-        model=model, model_config=model_config, num_inference_steps=steps, guidance_scale=guidance_scale,
-        num_mix=num_mix, seed=seed, best_frame=best_frame, start=start, frames=frames, stride=stride, size=size,
-        reference=reference or None, landmarks=landmarks, device=device, dtype=dtype, reference_mode=reference_mode,
-        batch_guidance=batch_guidance, decode_chunk_size=decode_chunk_size, compile=compile, offload=offload,
-        crop=crop, paste_back=paste_back, comparison=comparison,
+        model=model,
+        model_config=model_config,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        num_mix=num_mix,
+        seed=seed,
+        best_frame=best_frame,
+        start=start,
+        frames=frames,
+        stride=stride,
+        size=size,
+        reference=reference or None,
+        landmarks=landmarks,
+        device=device,
+        dtype=dtype,
+        reference_mode=reference_mode,
+        batch_guidance=batch_guidance,
+        decode_chunk_size=decode_chunk_size,
+        compile=compile,
+        offload=offload,
+        crop=crop,
+        paste_back=paste_back,
+        comparison=comparison,
     )
     options = resolve_options(flags, preset=preset)
     spec = JobSpec(portrait, driving, (output or default_output(portrait, driving)).absolute(), options)
     with make_sink(choose_mode(quiet=quiet, json_lines=json_lines)) as sink:
         run_job(spec, sink, force=force, keep_work=keep_work)
+
+
+@app.command("crop")
+def crop_command(
+    input_path: str = typer.Argument(..., metavar="INPUT", help="Portrait image or video to crop."),
+    output: str | None = typer.Option(
+        None, "-o", "--output", help="Output image or .mp4 (default: <stem>.crop.png|mp4 here)."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print the crop information as JSON."),
+    size: int = typer.Option(512, "--size", help="Side of the square output in pixels."),
+    scale: float = typer.Option(2.2, "--scale", help="Crop side in face sizes (LivePortrait: 2.2-2.3)."),
+    vy: float = typer.Option(-0.1, "--vy", help="Box centre below the face centre, in crop sides (<0: up)."),
+    face: int | None = typer.Option(
+        None, "--face", help="Face to crop, 0-based from the left (default: the largest)."
+    ),
+    pad: str = typer.Option("edge", "--pad", help="Fill where the box leaves the frame: edge or black."),
+    landmarks: str = typer.Option("auto", "--landmarks", help="Landmark backend: auto, fan or dlib."),
+    device: str = typer.Option("cpu", "--device", help="Device of the fan backend (cpu, cuda, ...)."),
+    detect_frames: int = typer.Option(
+        32, "--detect-frames", help="Video: frames searched for faces, at most (spread evenly)."
+    ),
+) -> None:
+    """Crop a portrait or a video to a square around the face (one steady box for a video).
+
+    Writes OUT and OUT's .crop.json (box, affine back to the original, faces found) beside it; prints
+    the output path, or the JSON with --json. Exits 1 when there is no face.
+    """
+    import json
+    import logging
+
+    from xportrait_cli.face.crop import crop_file
+    from xportrait_cli.face.landmarks import make_detector
+    from xportrait_cli.progress import choose_mode, make_sink
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    detector = make_detector(landmarks, device)
+    mode = "quiet" if json_output else choose_mode(console=err_console)
+    with make_sink(mode, err_console) as sink:
+        info = crop_file(
+            input_path, output, size=size, scale=scale, vy=vy, face=face, detector=detector, pad=pad,
+            detect_frames=detect_frames, events=sink,
+        )  # fmt: skip
+    if json_output:
+        typer.echo(json.dumps(info.to_json()))
+        return
+    faces = f"{info.faces} face{'s' if info.faces != 1 else ''}"
+    err_console.print(f"{faces} found; cropped face {info.face} (box {info.box.tolist()})", markup=False)
+    typer.echo(info.output)
 
 
 def main() -> None:
@@ -244,15 +334,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted", markup=False)
         sys.exit(130)
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", None)
-        sys.exit(exc.code if isinstance(exc, SystemExit) else code)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("interrupted", markup=False)
+        sys.exit(130)
+    except ClickException as exc:  # usage errors (missing argument, bad option): exit 2
+        exc.show()
+        sys.exit(exc.exit_code)

@@ -16,8 +16,11 @@ def save_checkpoint(work_dir: Path, latents: torch.Tensor, steps_done: int, dige
     """Write ``latents`` ``(N, 4, h, w)`` after ``steps_done`` completed steps (temp file, then rename)."""
     path = work_dir / CHECKPOINT_NAME
     tmp = work_dir / f".{CHECKPOINT_NAME}.{os.getpid()}.tmp"
-    save_file({"latents": latents.detach().float().cpu().contiguous()}, str(tmp),
-              metadata={"steps_done": str(steps_done), "fingerprint": digest})
+    save_file(
+        {"latents": latents.detach().float().cpu().contiguous()},
+        str(tmp),
+        metadata={"steps_done": str(steps_done), "fingerprint": digest},
+    )
     os.replace(tmp, path)
     return path
 

@@ -38,8 +38,11 @@ def weights_identity(model: Path) -> dict[str, Any]:
     weight file's size and mtime, or a checkpoint file's name, size and mtime."""
     if model.is_dir():
         files = sorted(p for p in model.iterdir() if p.is_file())
-        return {"kind": "folder", "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files},
-                "config": file_digest(model / "config.json") if (model / "config.json").exists() else None}
+        return {
+            "kind": "folder",
+            "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files},
+            "config": file_digest(model / "config.json") if (model / "config.json").exists() else None,
+        }
     stat = model.stat()
     return {"kind": "file", "name": model.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
@@ -70,4 +73,4 @@ def output_fingerprint(path: Path) -> str | None:
             comment = container.metadata.get("comment", "")
     except (av.FFmpegError, OSError):
         return None
-    return comment[len(TAG_PREFIX):] if comment.startswith(TAG_PREFIX) else None
+    return comment[len(TAG_PREFIX) :] if comment.startswith(TAG_PREFIX) else None

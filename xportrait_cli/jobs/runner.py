@@ -91,7 +91,9 @@ class NetworksCache:
         self._key: tuple | None = None
         self._networks: XPortraitNetworks | None = None
 
-    def get(self, model: Path, config: Path | None, device: torch.device, dtype: torch.dtype) -> XPortraitNetworks:
+    def get(
+        self, model: Path, config: Path | None, device: torch.device, dtype: torch.dtype
+    ) -> XPortraitNetworks:
         key = (str(model), str(config), str(device), str(dtype))
         if key != self._key:
             self._networks = None  # free the previous model first
@@ -104,8 +106,10 @@ def model_path(spec: JobSpec) -> Path:
     """The weights this job uses: ``--model``, else the download cache (raises WeightsMissingError)."""
     if spec.options.model is not None:
         if not spec.options.model.exists():
-            raise InputError(f"{spec.options.model}: model not found",
-                             "pass an existing --model or run `xportrait download-weights`")
+            raise InputError(
+                f"{spec.options.model}: model not found",
+                "pass an existing --model or run `xportrait download-weights`",
+            )
         return spec.options.model
     from xportrait_cli.models.weights import default_model_path
 
@@ -114,14 +118,19 @@ def model_path(spec: JobSpec) -> Path:
 
 def check_inputs(spec: JobSpec) -> None:
     """Fail early, with one line, on missing or unreadable input files."""
-    for label, path in (("portrait", spec.portrait), ("driving video", spec.driving),
-                        *(("reference portrait", r) for r in spec.options.reference)):
+    for label, path in (
+        ("portrait", spec.portrait),
+        ("driving video", spec.driving),
+        *(("reference portrait", r) for r in spec.options.reference),
+    ):
         if not path.exists():
             raise InputError(f"{path}: {label} not found", "check the path")
         if path.is_dir():
             raise InputError(f"{path}: {label} is a folder, not a file", "pass a file")
     if not spec.output.parent.is_dir():
-        raise InputError(f"{spec.output.parent}: output folder does not exist", "create it or pass another -o")
+        raise InputError(
+            f"{spec.output.parent}: output folder does not exist", "create it or pass another -o"
+        )
 
 
 class _Stage:
@@ -176,7 +185,6 @@ def run_job(
     started = time.monotonic()
     job = spec.label
     check_inputs(spec)
-    opts = spec.options
     model = model_path(spec)
     fingerprint = job_fingerprint(spec, model)
     digest = fingerprint["digest"]
@@ -238,13 +246,26 @@ def _run_locked(spec, fingerprint, work, events, cache, model, after_step) -> Jo
             portrait_landmarks = detect_portrait(load_image(spec.portrait), detector, name=str(spec.portrait))
     with _Stage(events, "align", job) as stage:
         store = prepare_driving(
-            spec.driving, portrait_landmarks, work / STORE_DIR, size=opts.size, best_frame=opts.best_frame,
-            start=opts.start, num_frames=opts.frames, stride=opts.stride, detector=detector,
+            spec.driving,
+            portrait_landmarks,
+            work / STORE_DIR,
+            size=opts.size,
+            best_frame=opts.best_frame,
+            start=opts.start,
+            num_frames=opts.frames,
+            stride=opts.stride,
+            detector=detector,
             on_progress=lambda done, total: events(StageProgress(stage.stage, done, total, job=job)),
         )
         if store.num_filled:
-            events(Log("warning", f"no face in {store.num_filled} of {len(store)} driving frames: landmarks "
-                                  "interpolated from their neighbours", job=job))
+            events(
+                Log(
+                    "warning",
+                    f"no face in {store.num_filled} of {len(store)} driving frames: landmarks "
+                    "interpolated from their neighbours",
+                    job=job,
+                )
+            )
 
     # 3. denoise
     networks = cache.get(model, opts.model_config, device, dtype)
@@ -265,20 +286,35 @@ def _run_locked(spec, fingerprint, work, events, cache, model, after_step) -> Jo
 
     with _Stage(events, "denoise", job, total_steps):
         out = pipe(
-            source, store, num_inference_steps=opts.num_inference_steps, guidance_scale=opts.guidance_scale,
-            num_mix=opts.num_mix, seed=opts.seed, reference_mode=opts.reference_mode, references=references,
-            batch_guidance=_batch_guidance(opts.batch_guidance, device), latents=latents, start_step=start_step,
-            callback_on_step_end=on_step, output_type="latent",
+            source,
+            store,
+            num_inference_steps=opts.num_inference_steps,
+            guidance_scale=opts.guidance_scale,
+            num_mix=opts.num_mix,
+            seed=opts.seed,
+            reference_mode=opts.reference_mode,
+            references=references,
+            batch_guidance=_batch_guidance(opts.batch_guidance, device),
+            latents=latents,
+            start_step=start_step,
+            callback_on_step_end=on_step,
+            output_type="latent",
         )
 
     # 4. decode + write
     from xportrait_cli.video.writer import VideoWriter
 
     n = len(store)
-    with _Stage(events, "decode", job, n), VideoWriter(
-        spec.output, store.fps, audio_source=store.audio_source, audio_offset=store.audio_offset,
-        metadata={"comment": TAG_PREFIX + digest},
-    ) as writer:
+    with (
+        _Stage(events, "decode", job, n),
+        VideoWriter(
+            spec.output,
+            store.fps,
+            audio_source=store.audio_source,
+            audio_offset=store.audio_offset,
+            metadata={"comment": TAG_PREFIX + digest},
+        ) as writer,
+    ):
         for chunk in pipe.decode_latents(out.latents, opts.decode_chunk_size):
             writer.write(chunk)
             events(FramesWritten(writer.frames_written, n, job=job))

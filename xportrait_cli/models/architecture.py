@@ -83,7 +83,9 @@ class Architecture:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Architecture:
-        return cls(**{k: data[k] for k in ("unet", "controlnet", "vae", "text", "motion_heads", "scale_factor")})
+        return cls(
+            **{k: data[k] for k in ("unet", "controlnet", "vae", "text", "motion_heads", "scale_factor")}
+        )
 
 
 def read_model_config(path: str | Path | None) -> dict[str, Any]:
@@ -105,7 +107,9 @@ def read_model_config(path: str | Path | None) -> dict[str, Any]:
         unet_params = params["unet_config"]["params"]
         vae_params = params["first_stage_config"]["params"]["ddconfig"]
     except FileNotFoundError:
-        raise InputError(f"{path}: model config not found", "pass an existing YAML to --model-config") from None
+        raise InputError(
+            f"{path}: model config not found", "pass an existing YAML to --model-config"
+        ) from None
     except (yaml.YAMLError, KeyError, TypeError) as exc:
         raise InputError(
             f"{path}: not an X-Portrait model config ({type(exc).__name__}: {exc})",
@@ -150,7 +154,13 @@ def text_config_from_shapes(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     vocab, hidden = _shape(state_dict, f"{prefix}embeddings.token_embedding.weight")
     positions = _shape(state_dict, f"{prefix}embeddings.position_embedding.weight")[0]
     intermediate = _shape(state_dict, f"{prefix}encoder.layers.0.mlp.fc1.weight")[0]
-    layers = len({k.split(".")[len(prefix.split(".")) + 1] for k in state_dict if k.startswith(f"{prefix}encoder.layers.")})
+    layers = len(
+        {
+            k.split(".")[len(prefix.split(".")) + 1]
+            for k in state_dict
+            if k.startswith(f"{prefix}encoder.layers.")
+        }
+    )
     heads = hidden // 64 if hidden % 64 == 0 else max(1, hidden // 16)
     return {
         "vocab_size": vocab,
@@ -178,7 +188,9 @@ def build_architecture(state_dict: Mapping[str, Any], config: str | Path | None 
     cfg = read_model_config(config)
     u = cfg["unet"]
     u["model_channels"] = _shape(state_dict, f"{UNET_PREFIX}input_blocks.0.0.weight")[0]
-    u["context_dim"] = _shape(state_dict, f"{UNET_PREFIX}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight")[1]
+    u["context_dim"] = _shape(
+        state_dict, f"{UNET_PREFIX}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    )[1]
     widths = [u["model_channels"] * m for m in u["channel_mult"]]
     attention_levels = [2**i in u["attention_resolutions"] for i in range(len(widths))]
     down = ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels]

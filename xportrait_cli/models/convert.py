@@ -28,15 +28,19 @@ from xportrait_cli.models.architecture import UNET_PREFIX, Architecture, clip_pr
 
 #: Source keys that are deliberately not loaded.
 IGNORED = [
-    re.compile(r"^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_alphas_cumprod|sqrt_one_minus_alphas_cumprod"
-               r"|log_one_minus_alphas_cumprod|sqrt_recip_alphas_cumprod|sqrt_recipm1_alphas_cumprod"
-               r"|posterior_variance|posterior_log_variance_clipped|posterior_mean_coef1|posterior_mean_coef2"
-               r"|logvar)$"),  # DDPM schedule buffers: recomputed in float64 (pipeline/schedule.py)
+    re.compile(
+        r"^(betas|alphas_cumprod|alphas_cumprod_prev|sqrt_alphas_cumprod|sqrt_one_minus_alphas_cumprod"
+        r"|log_one_minus_alphas_cumprod|sqrt_recip_alphas_cumprod|sqrt_recipm1_alphas_cumprod"
+        r"|posterior_variance|posterior_log_variance_clipped|posterior_mean_coef1|posterior_mean_coef2"
+        r"|logvar)$"
+    ),  # DDPM schedule buffers: recomputed in float64 (pipeline/schedule.py)
     re.compile(r"^appearance_control_model\.input_hint_block\."),  # never used by the official code
     re.compile(r"position_ids$"),  # CLIP buffer (transformers 4.x spelling)
 ]
 
-_MOTION = re.compile(r"^model\.diffusion_model\.(input|output)_blocks_motion_module\.(\d+)\.0\.temporal_transformer\.(.+)$")
+_MOTION = re.compile(
+    r"^model\.diffusion_model\.(input|output)_blocks_motion_module\.(\d+)\.0\.temporal_transformer\.(.+)$"
+)
 
 Converter = Callable[[dict, dict], dict]
 
@@ -46,7 +50,7 @@ def _sub(state_dict: Mapping[str, torch.Tensor], prefix: str, new_prefix: str = 
     out = {}
     for key, value in state_dict.items():
         if key.startswith(prefix) and not (drop and drop.search(key)):
-            out[new_prefix + key[len(prefix):]] = value
+            out[new_prefix + key[len(prefix) :]] = value
     return out
 
 
@@ -83,9 +87,14 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], architec
             side = "down" if path == "input" else "up"
             out[f"unet.{side}_motion_modules.{index}.{rest}"] = value
 
-    appearance = _sub(state_dict, "appearance_control_model.", UNET_PREFIX, drop=re.compile(r"input_hint_block\."))
+    appearance = _sub(
+        state_dict, "appearance_control_model.", UNET_PREFIX, drop=re.compile(r"input_hint_block\.")
+    )
     out.update(_prefix(convert_ldm_unet_checkpoint(appearance, unet_cfg), "reference_unet."))
-    for name, target in (("pose_control_model.", "pose_controlnet."), ("local_pose_control_model.", "local_controlnet.")):
+    for name, target in (
+        ("pose_control_model.", "pose_controlnet."),
+        ("local_pose_control_model.", "local_controlnet."),
+    ):
         # diffusers detects a bare ControlNet by `time_embed.0.weight`, so pass it un-prefixed
         net = _sub(state_dict, name)
         out.update(_prefix(convert_controlnet_checkpoint(net, cn_cfg), target))
@@ -119,7 +128,9 @@ def _names(keys: list[str], limit: int = 8) -> str:
     return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def check_against(expected: Mapping[str, torch.Tensor], converted: Mapping[str, torch.Tensor], what: str) -> None:
+def check_against(
+    expected: Mapping[str, torch.Tensor], converted: Mapping[str, torch.Tensor], what: str
+) -> None:
     """Raise :class:`CheckpointError` unless ``converted`` has exactly ``expected``'s keys and shapes."""
     missing = [k for k in expected if k not in converted]
     unexpected = [k for k in converted if k not in expected]
@@ -136,5 +147,7 @@ def check_against(expected: Mapping[str, torch.Tensor], converted: Mapping[str, 
     if wrong:
         problems.append(f"{len(wrong)} of the wrong shape: {_names(wrong)}")
     if problems:
-        raise CheckpointError(f"{what} does not fit the networks: " + "; ".join(problems),
-                              "check the checkpoint and --model-config")
+        raise CheckpointError(
+            f"{what} does not fit the networks: " + "; ".join(problems),
+            "check the checkpoint and --model-config",
+        )

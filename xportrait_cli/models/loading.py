@@ -54,8 +54,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise InputError(f"{path}: checkpoint not found", "run `xportrait download-weights` or pass --model")
     if path.is_dir():
-        raise InputError(f"{path}: is a folder but not a converted checkpoint (no {CONFIG_NAME})",
-                         "pass the .th file or a folder made by `xportrait download-weights`")
+        raise InputError(
+            f"{path}: is a folder but not a converted checkpoint (no {CONFIG_NAME})",
+            "pass the .th file or a folder made by `xportrait download-weights`",
+        )
     try:
         if path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt") as f:
@@ -67,11 +69,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) pickle
     except Exception as exc:  # noqa: BLE001 - any reader failure means "not a checkpoint"
-        raise InputError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})".splitlines()[0],
-                         "is the download complete? `xportrait download-weights --check` verifies it") from None
+        raise InputError(
+            f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})".splitlines()[0],
+            "is the download complete? `xportrait download-weights --check` verifies it",
+        ) from None
     state_dict = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise InputError(f"{path}: not a state dict of tensors", "pass the X-Portrait checkpoint (model_state-415001.th)")
+        raise InputError(
+            f"{path}: not a state dict of tensors", "pass the X-Portrait checkpoint (model_state-415001.th)"
+        )
     return state_dict
 
 
@@ -81,15 +87,21 @@ def _official_state_dict(checkpoint: Checkpoint) -> Mapping[str, torch.Tensor]:
     return read_checkpoint(checkpoint)
 
 
-def _load_into(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], device, dtype, what: str) -> None:
+def _load_into(
+    module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], device, dtype, what: str
+) -> None:
     expected = module.state_dict()
     check_against(expected, tensors, what)
     if torch.device(device).type == "meta":
         return
-    module.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}, strict=True, assign=True)
+    module.load_state_dict(
+        {k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}, strict=True, assign=True
+    )
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if left:
-        raise CheckpointError(f"{what}: tensors left unloaded: {', '.join(left[:5])}", "this is a bug in xportrait")
+        raise CheckpointError(
+            f"{what}: tensors left unloaded: {', '.join(left[:5])}", "this is a bug in xportrait"
+        )
 
 
 def _build(architecture: Architecture, device) -> XPortraitNetworks:
@@ -127,15 +139,20 @@ def load_networks(
     state_dict = _official_state_dict(checkpoint)
     architecture = build_architecture(state_dict, config)
     converted = convert_official_state_dict(state_dict, architecture)
-    text = {k[len("text_encoder."):]: v for k, v in converted.items() if k.startswith("text_encoder.")}
+    text = {k[len("text_encoder.") :]: v for k, v in converted.items() if k.startswith("text_encoder.")}
     nets = {k: v for k, v in converted.items() if not k.startswith("text_encoder.")}
     networks = _build(architecture, device)
     text_encoder = build_text_encoder(architecture) if torch.device(device).type != "meta" else None
     if text_encoder is None:
         with torch.device("meta"):
             text_encoder = build_text_encoder(architecture)
-    _load_into(text_encoder, text, "cpu" if torch.device(device).type != "meta" else "meta", torch.float32,
-               "CLIP text encoder")
+    _load_into(
+        text_encoder,
+        text,
+        "cpu" if torch.device(device).type != "meta" else "meta",
+        torch.float32,
+        "CLIP text encoder",
+    )
     if torch.device(device).type != "meta":
         nets["context"] = encode_empty_prompt(text_encoder.eval())
     else:
@@ -147,8 +164,10 @@ def load_networks(
 def _load_converted(folder: Path, device, dtype) -> XPortraitNetworks:
     meta = json.loads((folder / CONFIG_NAME).read_text())
     if meta.get("format") != CONVERTED_FORMAT or meta.get("version") != CONVERTED_VERSION:
-        raise CheckpointError(f"{folder}: not a converted X-Portrait folder of version {CONVERTED_VERSION}",
-                              "convert it again with `xportrait download-weights`")
+        raise CheckpointError(
+            f"{folder}: not a converted X-Portrait folder of version {CONVERTED_VERSION}",
+            "convert it again with `xportrait download-weights`",
+        )
     architecture = Architecture.from_dict(meta["architecture"])
     networks = _build(architecture, device)
     target = "cpu" if torch.device(device).type == "meta" else device
@@ -184,8 +203,10 @@ def convert_checkpoint(
     tmp.mkdir(parents=True)
     try:
         buffers = {name for name, _ in networks.named_buffers()}  # pe tables, context: kept in fp32
-        tensors = {k: v.detach().to(torch.float32 if k in buffers else dtype).contiguous()
-                   for k, v in networks.state_dict().items()}
+        tensors = {
+            k: v.detach().to(torch.float32 if k in buffers else dtype).contiguous()
+            for k, v in networks.state_dict().items()
+        }
         save_file(tensors, str(tmp / WEIGHTS_NAME))
         meta = {
             "format": CONVERTED_FORMAT,

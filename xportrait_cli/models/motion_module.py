@@ -52,7 +52,9 @@ class TemporalSelfAttention(Attention):
     """
 
     def __init__(self, channels: int, heads: int) -> None:
-        super().__init__(query_dim=channels, heads=heads, dim_head=channels // heads, bias=False, out_bias=True)
+        super().__init__(
+            query_dim=channels, heads=heads, dim_head=channels // heads, bias=False, out_bias=True
+        )
         self.pos_encoder = PositionalEncoding(channels)
 
     def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:  # type: ignore[override]

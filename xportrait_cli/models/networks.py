@@ -91,7 +91,11 @@ class XPortraitNetworks(nn.Module):
         return recorded
 
     def controlnet_residuals(
-        self, latents: torch.Tensor, timestep: torch.Tensor, global_hint: torch.Tensor, local_hint: torch.Tensor
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        global_hint: torch.Tensor,
+        local_hint: torch.Tensor,
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Summed residuals of the global and local ControlNets (weight 1.0 each, official ``amplify_f``).
 

@@ -104,8 +104,15 @@ class ReferenceAttnProcessor:
     def __init__(self, bank: ReferenceBank) -> None:
         self.bank = bank
 
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
-                 attention_mask=None, temb=None, **kwargs) -> torch.Tensor:
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        **kwargs,
+    ) -> torch.Tensor:
         bank = self.bank
         if bank.recording:
             bank.tokens.append(hidden_states)

@@ -8,4 +8,10 @@ from xportrait_cli.pipeline.pipeline_xportrait import (
 )
 from xportrait_cli.pipeline.randomness import RandomDraws
 
-__all__ = ["ConditioningFrames", "RandomDraws", "TensorFrames", "XPortraitPipeline", "XPortraitPipelineOutput"]
+__all__ = [
+    "ConditioningFrames",
+    "RandomDraws",
+    "TensorFrames",
+    "XPortraitPipeline",
+    "XPortraitPipelineOutput",
+]

@@ -116,13 +116,17 @@ class XPortraitPipeline:
 
     # 1. Check inputs
     @staticmethod
-    def check_inputs(source, frames, num_inference_steps, guidance_scale, num_mix, reference_mode, draws) -> None:
+    def check_inputs(
+        source, frames, num_inference_steps, guidance_scale, num_mix, reference_mode, draws
+    ) -> None:
         """Validate the call's arguments; raises ``ValueError`` naming the argument and its value."""
         if source.ndim != 4 or source.shape[:2] != (1, 3):
             raise ValueError(f"source must be (1, 3, S, S) in [-1, 1], got {tuple(source.shape)}")
         size = source.shape[-1]
         if source.shape[-2] != size or size % 64:
-            raise ValueError(f"source must be square with a side multiple of 64, got {tuple(source.shape[-2:])}")
+            raise ValueError(
+                f"source must be square with a side multiple of 64, got {tuple(source.shape[-2:])}"
+            )
         if len(frames) < 1:
             raise ValueError("frames must hold at least one driving frame")
         official_timesteps(num_inference_steps)
@@ -178,14 +182,23 @@ class XPortraitPipeline:
         n = latents.shape[0]
         x = latents.to(self.dtype)
         t = torch.full((n,), timestep, device=self.device, dtype=torch.long)
-        down, mid = nets.controlnet_residuals(x, t, global_hint.to(self.device, self.dtype),
-                                              local_hint.to(self.device, self.dtype))
+        down, mid = nets.controlnet_residuals(
+            x, t, global_hint.to(self.device, self.dtype), local_hint.to(self.device, self.dtype)
+        )
         if batch_guidance:
             zeros = [torch.zeros_like(r) for r in down]
-            residuals = ([torch.cat([z, r]) for z, r in zip(zeros, down, strict=True)],
-                         torch.cat([torch.zeros_like(mid), mid]))
-            eps = nets.predict_noise(torch.cat([x, x]), torch.cat([t, t]), num_frames=n, bank=bank,
-                                     residuals=residuals, skip_rows=n).float()
+            residuals = (
+                [torch.cat([z, r]) for z, r in zip(zeros, down, strict=True)],
+                torch.cat([torch.zeros_like(mid), mid]),
+            )
+            eps = nets.predict_noise(
+                torch.cat([x, x]),
+                torch.cat([t, t]),
+                num_frames=n,
+                bank=bank,
+                residuals=residuals,
+                skip_rows=n,
+            ).float()
             eps_uncond, eps_cond = eps[:n], eps[n:]
         else:
             eps_cond = nets.predict_noise(x, t, num_frames=n, bank=bank, residuals=(down, mid)).float()
@@ -208,7 +221,10 @@ class XPortraitPipeline:
         uint8 chunks in frame order (official: divide by the scale factor, decode, clamp to [-1, 1])."""
         vae = self.networks.vae
         for start in range(0, latents.shape[0], decode_chunk_size):
-            z = latents[start : start + decode_chunk_size].to(self.device, self.dtype) / self.networks.scale_factor
+            z = (
+                latents[start : start + decode_chunk_size].to(self.device, self.dtype)
+                / self.networks.scale_factor
+            )
             yield to_uint8(vae.decode(z).sample)
 
     @torch.no_grad()
@@ -270,7 +286,9 @@ class XPortraitPipeline:
         if draws is None:
             draws = RandomDraws.from_seed(seed, num_frames, latent_shape, len(timesteps), per_frame)
         reference = self.reference_latents(mean, std, draws.ref_posterior_noise if per_frame else None)
-        references = [reference] + [self.reference_latents(*self.encode_posterior(r), None) for r in references]
+        references = [reference] + [
+            self.reference_latents(*self.encode_posterior(r), None) for r in references
+        ]
 
         # 3. Prepare latents
         if latents is None:
@@ -290,8 +308,15 @@ class XPortraitPipeline:
                     bank = self.record_bank([references[0][indices]] + references[1:], timestep)
                 else:
                     bank = shared_bank
-                eps = self.guided_noise(latents[indices], timestep, frames.global_hints(indices),
-                                        frames.local_hints(indices), bank, guidance_scale, batch_guidance)
+                eps = self.guided_noise(
+                    latents[indices],
+                    timestep,
+                    frames.global_hints(indices),
+                    frames.local_hints(indices),
+                    bank,
+                    guidance_scale,
+                    batch_guidance,
+                )
                 unique, positions = last_positions(indices)
                 eps_sum[unique] += eps[positions].to(eps_sum.device)
                 counts[unique] += 1
@@ -300,8 +325,12 @@ class XPortraitPipeline:
             latents = out.prev_sample
             steps_done = step_index + 1
             if callback_on_step_end is not None:
-                state = {"latents": latents, "noise_pred": noise_pred,
-                         "pred_original_sample": out.pred_original_sample, "windows": plan}
+                state = {
+                    "latents": latents,
+                    "noise_pred": noise_pred,
+                    "pred_original_sample": out.pred_original_sample,
+                    "windows": plan,
+                }
                 update = callback_on_step_end(self, step_index, timestep, state) or {}
                 latents = update.get("latents", latents)
                 self.interrupt = self.interrupt or bool(update.get("interrupt", False))
@@ -312,5 +341,10 @@ class XPortraitPipeline:
         frames_u8 = None
         if output_type == "uint8" and not self.interrupt:
             frames_u8 = np.concatenate(list(self.decode_latents(latents, decode_chunk_size)))
-        return XPortraitPipelineOutput(latents=latents, frames=frames_u8, steps_done=steps_done,
-                                       interrupted=self.interrupt, timesteps=timesteps)
+        return XPortraitPipelineOutput(
+            latents=latents,
+            frames=frames_u8,
+            steps_done=steps_done,
+            interrupted=self.interrupt,
+            timesteps=timesteps,
+        )

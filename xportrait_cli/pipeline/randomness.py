@@ -40,7 +40,12 @@ class RandomDraws:
 
     @classmethod
     def from_seed(
-        cls, seed: int, num_frames: int, latent_shape: tuple[int, int, int], num_steps: int, per_frame_reference: bool
+        cls,
+        seed: int,
+        num_frames: int,
+        latent_shape: tuple[int, int, int],
+        num_steps: int,
+        per_frame_reference: bool,
     ) -> RandomDraws:
         """Draw everything for ``num_frames`` frames and ``num_steps`` steps from ``seed``."""
         generator = torch.Generator("cpu").manual_seed(seed)

@@ -37,8 +37,8 @@ def official_timesteps(num_inference_steps: int) -> list[int]:
     ascending = [t + 1 for t in range(0, NUM_TRAIN_TIMESTEPS, NUM_TRAIN_TIMESTEPS // num_inference_steps)]
     if ascending[-1] >= NUM_TRAIN_TIMESTEPS:
         raise ValueError(
-            f"num_inference_steps={num_inference_steps} gives timestep {ascending[-1]} (>= 1000) in the official "
-            "schedule; choose another step count"
+            f"num_inference_steps={num_inference_steps} gives timestep {ascending[-1]} (>= 1000) in the "
+            "official schedule; choose another step count"
         )
     return ascending[::-1]
 

@@ -35,7 +35,10 @@ def window_starts(num_frames: int, offset: int, num_mix: int, window: int = WIND
 
 def window_plan(num_frames: int, offset: int, num_mix: int, window: int = WINDOW) -> list[list[int]]:
     """Frame indices of every window of one step: a list of ``window``-long lists in ``[0, N)``."""
-    return [[(s + i) % num_frames for i in range(window)] for s in window_starts(num_frames, offset, num_mix, window)]
+    return [
+        [(s + i) % num_frames for i in range(window)]
+        for s in window_starts(num_frames, offset, num_mix, window)
+    ]
 
 
 def frame_counts(num_frames: int, plan: list[list[int]]) -> list[int]:

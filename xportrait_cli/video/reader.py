@@ -156,7 +156,11 @@ class VideoReader:
         if bad:
             raise IndexError(f"frame {bad[0]} out of range for {self.path} ({len(self)} frames)")
         try:
-            return self._vr.get_batch(idx).asnumpy()
+            frames = self._vr.get_batch(idx).asnumpy()
+            # decord keeps decoding ahead in the background while the caller is busy, and the
+            # frames pile up in native memory (dmlc/decord#197, #208); seeking back stops it.
+            self._vr.seek(0)
+            return frames
         except Exception as exc:
             raise InputError(
                 f"cannot decode frames {idx[0]}–{idx[-1]} of driving video {self.path}: "

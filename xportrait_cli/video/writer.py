@@ -62,7 +62,9 @@ class _AudioCopier:
     otherwise. Created only when the source has an audio stream.
     """
 
-    def __init__(self, source: Path, out: av.container.OutputContainer, offset: Fraction = Fraction(0)) -> None:
+    def __init__(
+        self, source: Path, out: av.container.OutputContainer, offset: Fraction = Fraction(0)
+    ) -> None:
         self.src = av.open(str(source))
         self.in_stream = self.src.streams.audio[0]
         # audio that starts part-way into the source is transcoded, so that it is cut to the sample

@@ -1,0 +1,225 @@
+"""`xportrait animate` end to end on real media with the golden tiny model and the offline landmarks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from xportrait_cli.config import resolve_options
+from xportrait_cli.jobs import JobSpec, run_job
+from xportrait_cli.jobs.checkpoint import CHECKPOINT_NAME
+
+
+@pytest.fixture(scope="module")
+def tiny_args(golden):
+    return [
+        "--model",
+        str(golden / "tiny_xportrait.th"),
+        "--model-config",
+        str(golden / "tiny_config.yaml"),
+        "--size",
+        "64",
+        "--steps",
+        "2",
+        "--landmarks",
+        "dlib",
+    ]
+
+
+def xportrait(*args, cwd: Path) -> subprocess.CompletedProcess:
+    """The console script, as a user runs it (a subprocess, so exit codes are the real ones)."""
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(cwd),
+        "XPORTRAIT_HOME": str(cwd / ".home"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "xportrait_cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def video_facts(path: Path) -> dict:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(v))
+        audio = [s.codec_context.name for s in c.streams.audio]
+        return {
+            "frames": frames,
+            "rate": v.average_rate,
+            "size": (v.width, v.height),
+            "audio": audio,
+            "duration": float(c.duration / av.time_base),
+        }
+
+
+def decoded(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+def test_talking_head_with_audio(tmp_path, media, tiny_args):
+    run = xportrait(
+        "animate", media / "xportrait_source.png", media / "talking_aac.mp4", *tiny_args, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "xportrait_source--talking_aac.mp4"  # default name, in the current directory
+    assert run.stdout.strip().splitlines()[-1] == str(out)
+    facts = video_facts(out)
+    assert facts["frames"] == 183 and facts["rate"] == Fraction(25) and facts["size"] == (64, 64)
+    assert facts["audio"] == ["aac"]
+    assert abs(facts["duration"] - 183 / 25) < 0.05
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".home") == [out.name]  # nothing else left
+
+
+def test_official_demo_pair_keeps_ntsc_rate_and_has_no_audio(tmp_path, media, tiny_args):
+    out = tmp_path / "demo.mp4"
+    run = xportrait(
+        "animate",
+        media / "xportrait_source.png",
+        media / "xportrait_driving.mp4",
+        "-o",
+        out,
+        "--best-frame",
+        "36",
+        "--quiet",
+        *tiny_args,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == str(out)  # --quiet prints only the path
+    facts = video_facts(out)
+    assert facts["frames"] == 60 and facts["rate"] == Fraction(12000, 1001) and facts["audio"] == []
+
+
+def test_non_square_carphone_with_comparison(tmp_path, media, tiny_args):
+    out = tmp_path / "car.mp4"
+    run = xportrait(
+        "animate",
+        media / "astronaut.png",
+        media / "carphone.mp4",
+        "-o",
+        out,
+        "--frames",
+        "24",
+        "--comparison",
+        "--json",
+        *tiny_args,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    assert events[-1]["kind"] == "job_done" and any(e["kind"] == "step_progress" for e in events)
+    facts = video_facts(out)
+    assert facts["frames"] == 24 and facts["rate"] == Fraction(30000, 1001) and facts["size"] == (64, 64)
+    side = video_facts(tmp_path / "car.comparison.mp4")
+    assert side["frames"] == 24 and side["size"] == (192, 64)
+
+
+def _bad_inputs(tmp_path: Path, media: Path) -> dict[str, tuple[Path, Path]]:
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n")
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes((media / "talking_aac.mp4").read_bytes()[:20000])
+    blank = tmp_path / "blank.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(blank)
+    portrait, driving = media / "xportrait_source.png", media / "xportrait_driving.mp4"
+    return {
+        "missing": (portrait, tmp_path / "nope.mp4"),
+        "directory": (portrait, tmp_path),
+        "text file named .mp4": (portrait, text),
+        "truncated mp4": (portrait, truncated),
+        "no face in the portrait": (blank, driving),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["missing", "directory", "text file named .mp4", "truncated mp4", "no face in the portrait"]
+)
+def test_bad_inputs_exit_1_with_one_line_and_no_output(tmp_path, media, tiny_args, case):
+    portrait, driving = _bad_inputs(tmp_path, media)[case]
+    out = tmp_path / "out.mp4"
+    run = xportrait("animate", portrait, driving, "-o", out, *tiny_args, cwd=tmp_path)
+    assert run.returncode == 1, (run.stdout, run.stderr)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert str(portrait if case == "no face in the portrait" else driving) in errors[0]
+    assert not out.exists() and not list(tmp_path.glob("*.incomplete*"))
+
+
+def test_usage_errors_exit_2(tmp_path, media, tiny_args):
+    run = xportrait(
+        "animate",
+        media / "xportrait_source.png",
+        media / "talking_aac.mp4",
+        "--size",
+        "100",
+        "--model",
+        tmp_path / "x.th",
+        cwd=tmp_path,
+    )
+    assert run.returncode == 2 and "--size" in run.stderr
+    run = xportrait("animate", media / "xportrait_source.png", cwd=tmp_path)
+    assert run.returncode == 2
+
+
+def _spec(golden, media, out: Path, **flags) -> JobSpec:
+    options = resolve_options(
+        {
+            "model": golden / "tiny_xportrait.th",
+            "model_config": golden / "tiny_config.yaml",
+            "size": 64,
+            "num_inference_steps": 4,
+            "landmarks": "dlib",
+            "frames": 20,
+            **flags,
+        }
+    )
+    return JobSpec(media / "xportrait_source.png", media / "xportrait_driving.mp4", out, options)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_interrupted_job_resumes_bit_identical_and_reruns_are_skipped(tmp_path, golden, media):
+    reference = run_job(_spec(golden, media, tmp_path / "full.mp4"))
+    assert reference.status == "done" and not (tmp_path / "full.mp4.xportrait").exists()
+
+    spec = _spec(golden, media, tmp_path / "resumed.mp4")
+
+    def crash_after_two(steps_done):
+        if steps_done == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_job(spec, after_step=crash_after_two)
+    assert (spec.work_dir / CHECKPOINT_NAME).is_file() and not spec.output.exists()
+    seen = []
+    resumed = run_job(spec, seen.append)
+    assert resumed.resumed_from == 2
+    assert any("resumed" in getattr(e, "message", "") and "step 2" in e.message for e in seen)
+    assert np.array_equal(decoded(spec.output), decoded(tmp_path / "full.mp4"))
+
+    again = run_job(spec)  # same inputs and options: nothing is run twice
+    assert again.status == "skipped"
+    changed = run_job(_spec(golden, media, spec.output, seed=1))  # an option changed: re-run
+    assert changed.status == "done" and not np.array_equal(
+        decoded(spec.output), decoded(tmp_path / "full.mp4")
+    )
+    shutil.rmtree(tmp_path / ".home", ignore_errors=True)
