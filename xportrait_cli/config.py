@@ -28,6 +28,7 @@ import difflib
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,17 @@ WINDOW_FRAMES = 16
 #: Training timesteps of the SD-1.5 DDPM schedule.
 TRAIN_TIMESTEPS = 1000
 #: The top-level ``presets`` folder of the product layout (beside the package, not inside it).
-PRESETS_DIR = Path(xportrait_cli.__file__).resolve().parent.parent / "presets"
+
+
+def _presets_dir() -> Path:
+    """The top-level ``presets/`` of a source checkout (editable install), else the copy a wheel
+    installs under ``<prefix>/share/xportrait/presets`` (pyproject ``data-files``)."""
+    checkout = Path(xportrait_cli.__file__).resolve().parent.parent / "presets"
+    installed = Path(sys.prefix) / "share" / "xportrait" / "presets"
+    return checkout if checkout.is_dir() or not installed.is_dir() else installed
+
+
+PRESETS_DIR = _presets_dir()
 
 #: Alternative names accepted for options in presets, manifests and flag mappings.
 ALIASES: dict[str, str] = {"steps": "num_inference_steps"}
