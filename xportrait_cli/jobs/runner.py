@@ -92,13 +92,23 @@ class NetworksCache:
         self._networks: XPortraitNetworks | None = None
 
     def get(
-        self, model: Path, config: Path | None, device: torch.device, dtype: torch.dtype
+        self,
+        model: Path,
+        config: Path | None,
+        device: torch.device,
+        dtype: torch.dtype,
+        compile: bool = False,
     ) -> XPortraitNetworks:
-        key = (str(model), str(config), str(device), str(dtype))
+        """The networks for these settings, loaded on first use. ``compile`` wraps the denoising
+        networks (main UNet, appearance net, ControlNets) with ``torch.compile`` (``Module.compile``)."""
+        key = (str(model), str(config), str(device), str(dtype), compile)
         if key != self._key:
             self._networks = None  # free the previous model first
-            self._networks = load_networks(model, config=config, device=device, dtype=dtype)
-            self._key = key
+            networks = load_networks(model, config=config, device=device, dtype=dtype)
+            if compile:
+                for name in ("unet", "reference_unet", "pose_controlnet", "local_controlnet"):
+                    getattr(networks, name).compile()
+            self._networks, self._key = networks, key
         return self._networks
 
 
@@ -268,7 +278,7 @@ def _run_locked(spec, fingerprint, work, events, cache, model, after_step) -> Jo
             )
 
     # 3. denoise
-    networks = cache.get(model, opts.model_config, device, dtype)
+    networks = cache.get(model, opts.model_config, device, dtype, opts.compile)
     pipe = XPortraitPipeline(networks)
     source = _portrait_tensor(spec.portrait, opts.size)
     references = [_portrait_tensor(r, opts.size) for r in opts.reference]
