@@ -223,3 +223,46 @@ def test_interrupted_job_resumes_bit_identical_and_reruns_are_skipped(tmp_path, 
         decoded(spec.output), decoded(tmp_path / "full.mp4")
     )
     shutil.rmtree(tmp_path / ".home", ignore_errors=True)
+
+
+def test_ctrl_c_exits_130_keeps_the_checkpoint_and_writes_nothing(tmp_path, media, golden):
+    import signal
+
+    out = tmp_path / "out.mp4"
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    args = [
+        "animate",
+        media / "xportrait_source.png",
+        media / "xportrait_driving.mp4",
+        "-o",
+        out,
+        "--json",
+        "--model",
+        golden / "tiny_xportrait.th",
+        "--model-config",
+        golden / "tiny_config.yaml",
+        "--size",
+        "64",
+        "--steps",
+        "10",
+        "--landmarks",
+        "dlib",
+        "--frames",
+        "32",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xportrait_cli", *map(str, args)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:
+        if json.loads(line)["kind"] == "step_progress":
+            proc.send_signal(signal.SIGINT)
+            break
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert not out.exists() and not list(tmp_path.glob("*.incomplete*"))
+    assert (tmp_path / "out.mp4.xportrait" / CHECKPOINT_NAME).is_file()  # finished steps are kept
