@@ -7,7 +7,8 @@ Official source: ``DDIMSampler_ReferenceOnly`` and ``test_xportrait.py`` (spec �
 3. prepare latents: ``x_T = sqrt(ᾱ999)·z + sqrt(1-ᾱ999)·ε`` with one posterior sample ``z`` per frame;
 4. denoise: at each timestep, windows of 16 frames (random offset, circular), classifier-free
    guidance ``eps_u + scale·(eps_c - eps_u)`` per window, uniform average per frame, one DDIM update
-   of all N frames;
+   of all N frames; the ControlNets run once per frame per step (:class:`ControlResiduals`: frames
+   shared by overlapping windows reuse their residuals);
 5. decode in chunks.
 
 Conditioning is read per window from a frame source (:class:`ConditioningFrames`: the prepared
@@ -34,6 +35,8 @@ from xportrait_cli.pipeline.windows import WINDOW, last_positions, window_plan
 REFERENCE_MODES = ("shared", "per-frame")
 
 StepCallback = Callable[["XPortraitPipeline", int, int, dict[str, Any]], "dict[str, Any] | None"]
+#: ControlNet residuals: (12 skip residuals, middle residual), one row per frame.
+Residuals = tuple[list[torch.Tensor], torch.Tensor]
 
 
 class ConditioningFrames(Protocol):
@@ -91,6 +94,66 @@ def to_uint8(decoded: torch.Tensor) -> np.ndarray:
     (x·255 in float32, round half to even, clip)."""
     x = ((decoded.float().clamp(-1, 1) + 1) / 2 * 255).round().clamp(0, 255)
     return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+class ControlResiduals:
+    """ControlNet residuals of one denoising step, computed once per frame and reused across windows.
+
+    Within a step every window runs at the same timestep, and a frame's latents and hints do not change
+    before the DDIM update, so the (per-frame, non-temporal) ControlNets give a frame the same
+    residuals in every window that covers it. Calling this object with each window's indices, in plan
+    order, computes only the frames not seen yet in this step (each at most once, so a window that
+    repeats frames, N < 16, computes them once too) and keeps only the rows a later window of the step
+    reads: the previous window's ``num_mix`` overlap and the first window's frames that the circular
+    last window wraps onto. Memory is therefore bounded by two windows of residuals, whatever N.
+
+    Args:
+        plan: the step's windows (:func:`window_plan`), in the order they will be requested.
+        compute: ``frames -> residuals`` with one row per frame, in the given order.
+    """
+
+    def __init__(self, plan: list[list[int]], compute: Callable[[list[int]], Residuals]) -> None:
+        self.compute = compute
+        self._windows = len(plan)
+        self._last_read = {f: k for k, indices in enumerate(plan) for f in indices}  # last window per frame
+        self._window = 0
+        self._frames: list[int] = []  # frame of each kept row
+        self._kept: Residuals | None = None
+        #: frames computed so far in this step (a frame reused from an earlier window is not counted)
+        self.computed = 0
+
+    def __call__(self, indices: Sequence[int]) -> Residuals:
+        """Residuals for one window: one row per entry of ``indices`` (next window of the plan)."""
+        if self._window >= self._windows:
+            raise ValueError(f"more windows requested than the plan's {self._windows}")
+        window = self._window
+        self._window += 1
+        new = [f for f in dict.fromkeys(indices) if f not in self._frames]
+        frames = self._frames + new
+        down, mid = self._kept if self._kept is not None else ([], None)
+        if new:
+            down_new, mid_new = self.compute(new)
+            self.computed += len(new)
+            if self._kept is None:
+                down, mid = down_new, mid_new
+            else:
+                down = [torch.cat([a, b]) for a, b in zip(down, down_new, strict=True)]
+                mid = torch.cat([mid, mid_new])
+        row = {f: i for i, f in enumerate(frames)}
+        result = _rows((down, mid), [row[f] for f in indices])
+        keep = [f for f in frames if self._last_read[f] > window]
+        self._frames = keep
+        self._kept = _rows((down, mid), [row[f] for f in keep]) if keep else None
+        return result
+
+
+def _rows(residuals: Residuals, rows: list[int]) -> Residuals:
+    """Select ``rows`` of every residual tensor (no copy when ``rows`` is all rows in order)."""
+    down, mid = residuals
+    if rows == list(range(mid.shape[0])):
+        return list(down), mid
+    index = torch.tensor(rows, device=mid.device)
+    return [d.index_select(0, index) for d in down], mid.index_select(0, index)
 
 
 class XPortraitPipeline:
@@ -160,31 +223,45 @@ class XPortraitPipeline:
         c1, c2 = a.sqrt().float(), (1 - a).sqrt().float()
         return c1 * z + c2 * draws.init_eps.to(mean.device)
 
+    # 4. Denoise (ControlNets, per frame)
+    @torch.no_grad()
+    def control_residuals(
+        self, latents: torch.Tensor, timestep: int, frames: ConditioningFrames, indices: Sequence[int]
+    ) -> Residuals:
+        """Summed global + local ControlNet residuals of frames ``indices`` (one row each), from all N
+        ``latents`` and the frames' hints; only these frames' hints are read."""
+        x = latents[list(indices)].to(self.device, self.dtype)
+        t = torch.full((x.shape[0],), timestep, device=self.device, dtype=torch.long)
+        return self.networks.controlnet_residuals(
+            x,
+            t,
+            frames.global_hints(indices).to(self.device, self.dtype),
+            frames.local_hints(indices).to(self.device, self.dtype),
+        )
+
     # 4. Denoise (one window)
     @torch.no_grad()
     def guided_noise(
         self,
         latents: torch.Tensor,
         timestep: int,
-        global_hint: torch.Tensor,
-        local_hint: torch.Tensor,
+        residuals: Residuals,
         bank: ReferenceBank,
         guidance_scale: float,
         batch_guidance: bool,
     ) -> torch.Tensor:
         """Guided eps ``(16, 4, h, w)`` float32 for one window (official ``controlnet_important`` mode).
 
-        cond: appearance bank + both ControlNets + main UNet; uncond: main UNet with motion modules
-        only. ``batch_guidance`` runs both in one batch of 32 (the uncond rows skip the bank and get
-        zero residuals), else in sequence.
+        cond: appearance bank + ControlNet ``residuals`` (one row per window frame, from
+        :meth:`control_residuals`) + main UNet; uncond: main UNet with motion modules only.
+        ``batch_guidance`` runs both in one batch of 32 (the uncond rows skip the bank and get zero
+        residuals), else in sequence.
         """
         nets = self.networks
         n = latents.shape[0]
         x = latents.to(self.dtype)
         t = torch.full((n,), timestep, device=self.device, dtype=torch.long)
-        down, mid = nets.controlnet_residuals(
-            x, t, global_hint.to(self.device, self.dtype), local_hint.to(self.device, self.dtype)
-        )
+        down, mid = residuals
         if batch_guidance:
             zeros = [torch.zeros_like(r) for r in down]
             residuals = (
@@ -240,6 +317,7 @@ class XPortraitPipeline:
         reference_mode: str = "shared",
         references: Sequence[torch.Tensor] = (),
         batch_guidance: bool = False,
+        reuse_controlnet: bool = True,
         draws: RandomDraws | None = None,
         latents: torch.Tensor | None = None,
         start_step: int = 0,
@@ -262,6 +340,9 @@ class XPortraitPipeline:
             references: extra portraits ``(1, 3, S, S)`` whose reference tokens are concatenated
                 (official ``more_source_image_pattern``).
             batch_guidance: run the cond and uncond passes in one batch (more memory, faster on GPU).
+            reuse_controlnet: run the ControlNets once per frame per step, reusing the residuals of
+                frames shared by overlapping windows (:class:`ControlResiduals`; same result). False
+                recomputes them in every window, as officially.
             draws: injected randomness (golden replay); overrides ``seed``.
             latents, start_step: resume from latents saved after ``start_step`` completed steps.
             callback_on_step_end: see the class docstring.
@@ -303,19 +384,18 @@ class XPortraitPipeline:
             shared_bank = None if per_frame else self.record_bank(references, timestep)
             eps_sum = torch.zeros_like(latents)
             counts = torch.zeros(num_frames, device=latents.device)
+
+            def compute(indices, latents=latents, timestep=timestep):
+                return self.control_residuals(latents, timestep, frames, indices)
+
+            controls = ControlResiduals(plan, compute) if reuse_controlnet else compute
             for indices in plan:
                 if per_frame:
                     bank = self.record_bank([references[0][indices]] + references[1:], timestep)
                 else:
                     bank = shared_bank
                 eps = self.guided_noise(
-                    latents[indices],
-                    timestep,
-                    frames.global_hints(indices),
-                    frames.local_hints(indices),
-                    bank,
-                    guidance_scale,
-                    batch_guidance,
+                    latents[indices], timestep, controls(indices), bank, guidance_scale, batch_guidance
                 )
                 unique, positions = last_positions(indices)
                 eps_sum[unique] += eps[positions].to(eps_sum.device)
