@@ -266,3 +266,32 @@ def test_ctrl_c_exits_130_keeps_the_checkpoint_and_writes_nothing(tmp_path, medi
     assert proc.returncode == 130, stderr
     assert not out.exists() and not list(tmp_path.glob("*.incomplete*"))
     assert (tmp_path / "out.mp4.xportrait" / CHECKPOINT_NAME).is_file()  # finished steps are kept
+
+
+def test_crop_and_paste_back_give_a_video_at_the_portrait_resolution(tmp_path, media, tiny_args):
+    from PIL import Image
+
+    wide = tmp_path / "wide.png"  # a non-square portrait: the astronaut with a border on the right
+    astronaut = np.asarray(Image.open(media / "astronaut.png").convert("RGB"))
+    Image.fromarray(np.pad(astronaut, ((0, 0), (0, 128), (0, 0)), mode="edge")).save(wide)
+    out = tmp_path / "pasted.mp4"
+    run = xportrait(
+        "animate",
+        wide,
+        media / "carphone.mp4",
+        "-o",
+        out,
+        "--frames",
+        "8",
+        "--crop",
+        "--paste-back",
+        *tiny_args,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    facts = video_facts(out)
+    assert facts["frames"] == 8 and facts["size"] == (640, 512)
+    first = decoded(out)[0].astype(int)
+    assert (
+        np.abs(first[:, 560:] - np.asarray(Image.open(wide))[:, 560:]).mean() < 3
+    )  # outside the face: original

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from filelock import FileLock, Timeout
@@ -251,12 +252,15 @@ def _run_locked(spec, fingerprint, work, events, cache, model, after_step) -> Jo
     with _Stage(events, "landmarks", job):
         detector = make_detector(opts.landmarks, device="cuda" if device.type == "cuda" else "cpu")
         events(Log("info", f"landmarks: {detector.name}", job=job))
+        portrait, driving, crop = spec.portrait, spec.driving, None
+        if opts.crop:
+            portrait, driving, crop = _crop_inputs(spec, work, detector, events)
         portrait_landmarks = None
         if opts.best_frame != -2:
-            portrait_landmarks = detect_portrait(load_image(spec.portrait), detector, name=str(spec.portrait))
+            portrait_landmarks = detect_portrait(load_image(portrait), detector, name=str(spec.portrait))
     with _Stage(events, "align", job) as stage:
         store = prepare_driving(
-            spec.driving,
+            driving,
             portrait_landmarks,
             work / STORE_DIR,
             size=opts.size,
@@ -280,7 +284,7 @@ def _run_locked(spec, fingerprint, work, events, cache, model, after_step) -> Jo
     # 3. denoise
     networks = cache.get(model, opts.model_config, device, dtype, opts.compile)
     pipe = XPortraitPipeline(networks)
-    source = _portrait_tensor(spec.portrait, opts.size)
+    source = _portrait_tensor(portrait, opts.size)
     references = [_portrait_tensor(r, opts.size) for r in opts.reference]
     resume = load_checkpoint(work, digest)
     latents, start_step = resume if resume else (None, 0)
@@ -325,8 +329,13 @@ def _run_locked(spec, fingerprint, work, events, cache, model, after_step) -> Jo
             metadata={"comment": TAG_PREFIX + digest},
         ) as writer,
     ):
-        for chunk in pipe.decode_latents(out.latents, opts.decode_chunk_size):
-            writer.write(chunk)
+        decoded = (
+            frame for chunk in pipe.decode_latents(out.latents, opts.decode_chunk_size) for frame in chunk
+        )
+        if opts.paste_back:
+            decoded = _pasted_back(decoded, crop, spec.portrait)
+        for frame in decoded:
+            writer.write(frame)
             events(FramesWritten(writer.frames_written, n, job=job))
     comparison = _write_comparison(spec, store, source) if opts.comparison else None
     return JobResult(spec.output, "done", resumed_from=start_step if resume else None, comparison=comparison)
@@ -352,9 +361,39 @@ def _write_comparison(spec: JobSpec, store, source: torch.Tensor) -> Path:
     with VideoWriter(path, store.fps, audio_source=spec.output) as writer:
         for start in range(0, len(store), 16):
             indices = list(range(start, min(start + 16, len(store))))
-            result = reader.read(indices)
             driving = store.frames_u8(indices)
+            result = np.stack(
+                [
+                    cv2.resize(f, driving.shape[2:0:-1], interpolation=cv2.INTER_AREA)
+                    for f in reader.read(indices)
+                ]
+            )
             panel = np.concatenate([np.broadcast_to(portrait, driving.shape), driving, result], axis=2)
             writer.write(np.ascontiguousarray(panel))
     reader.close()
     return path
+
+
+def _crop_inputs(spec: JobSpec, work: Path, detector, events: EventSink) -> tuple[Path, Path, object]:
+    """``--crop``: square face crops of the portrait and the driving clip, made once in the work dir
+    (a resumed job reuses them). Returns (cropped portrait, cropped driving, the portrait's crop info)."""
+    from xportrait_cli.face.crop import CropInfo, crop_file, sidecar_path
+
+    cropped = []
+    for name, source in (("portrait", spec.portrait), ("driving", spec.driving)):
+        target = work / f"{name}.crop{source.suffix if name == 'driving' else '.png'}"
+        if not sidecar_path(target).is_file():  # the sidecar is written last
+            crop_file(source, target, size=spec.options.size, detector=detector, events=events)
+        cropped.append(target)
+    return cropped[0], cropped[1], CropInfo.load(sidecar_path(cropped[0]))
+
+
+def _pasted_back(frames, crop, portrait: Path):
+    """``--paste-back``: each square frame composed into the full original portrait (feathered mask);
+    an odd width or height loses its last column or row (H.264 yuv420p needs even sizes)."""
+    from xportrait_cli.face.crop import paste_back
+    from xportrait_cli.image import load_image
+
+    for frame in paste_back(frames, crop, load_image(portrait)):
+        h, w = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2
+        yield np.ascontiguousarray(frame[:h, :w])
