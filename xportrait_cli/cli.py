@@ -322,6 +322,84 @@ def crop_command(
     typer.echo(info.output)
 
 
+@app.command("batch")
+def batch_command(
+    manifest: Annotated[str, typer.Argument(help="Job manifest: YAML, CSV or JSONL file, or - for stdin.")],
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Preset name (presets/*.yaml) or YAML path; manifest defaults and jobs override it."
+        ),
+    ] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder for default and relative outputs (default: beside the manifest)."),
+    ] = None,
+    manifest_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="Manifest format: yaml, csv or jsonl (default: from the name, or sniffed)."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Redo every job, even finished ones and their checkpoints.")
+    ] = False,
+    keep_work: Annotated[
+        bool, typer.Option("--keep-work", help="Keep each job's <output>.xportrait/ after success.")
+    ] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed job.")] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="Run only shard i of n (0-based, jobs i, i+n, ...): one process per GPU."),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only output paths (and failed jobs on stderr).")
+    ] = False,
+    json_lines: Annotated[
+        bool,
+        typer.Option("--json", help="One JSON object per event on stdout, then a batch_summary object."),
+    ] = False,
+) -> None:
+    """Run every job of MANIFEST: skip finished ones, resume interrupted ones, isolate failures.
+
+    Options come from each job, then the manifest's defaults, then --preset, then the built-in
+    defaults (no animate flags here: put batch-wide settings in `defaults:` or a preset). The whole
+    manifest is checked first (exit 2 on a manifest error); exit 3 when a job failed, 130 on Ctrl-C.
+    """
+    import json
+    import logging
+
+    from xportrait_cli.jobs.batch import BatchInterrupted, Shard, run_batch
+    from xportrait_cli.jobs.manifest import load_manifest
+    from xportrait_cli.progress import batch_table, choose_mode, make_sink
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    selected = Shard.parse(shard) if shard is not None else None
+    jobs = load_manifest(manifest, preset=preset, output_dir=output_dir, fmt=manifest_format)
+    mode = choose_mode(quiet=quiet, json_lines=json_lines, console=err_console)
+    interrupted: BatchInterrupted | None = None
+    with make_sink(mode, err_console) as sink:
+        try:
+            summary = run_batch(
+                jobs, sink, force=force, keep_work=keep_work, fail_fast=fail_fast, shard=selected
+            )
+        except BatchInterrupted as exc:
+            summary, interrupted = exc.summary, exc
+    if mode == "json":
+        typer.echo(json.dumps(summary.to_dict()))
+    elif mode == "quiet":
+        for job in summary.jobs:
+            if job.status == "failed":
+                err_console.print(f"failed: {job.label}: {job.error}", markup=False)
+    else:
+        err_console.print(batch_table(summary))
+    if interrupted is not None:
+        raise interrupted
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
+
+
 def main() -> None:
     """Console-script entry point: run the app and map known errors to exit codes."""
     try:

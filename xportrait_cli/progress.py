@@ -18,6 +18,10 @@ Four modes, chosen by :func:`choose_mode` from the CLI switches and the terminal
     Nothing but the final output path on stdout (from :class:`JobDone`, or :class:`JobSkipped`
     when it names an existing output). Errors still come from the CLI's error table.
 
+In a batch (:class:`JobStarted` with ``index`` and ``total``) the ``rich`` display adds a ``jobs``
+bar above the stage bars, advanced by each job's result; :func:`batch_table` renders the final
+summary of ``xportrait batch``.
+
 In ``rich`` and ``plain`` the output path of a finished job is also printed alone on stdout (the
 result; ``out=$(xportrait animate ...)`` works in every mode but ``json``), and a one-line summary
 goes to stderr. :class:`JobFailed` prints ``failed: <message> (<hint>)`` on stderr; the CLI should
@@ -43,6 +47,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
+from rich.text import Text
 
 from xportrait_cli.events import (
     Event,
@@ -61,6 +67,8 @@ from xportrait_cli.events import (
 
 Mode = Literal["rich", "plain", "json", "quiet"]
 MODES: tuple[str, ...] = ("rich", "plain", "json", "quiet")
+#: Name of the batch's job-count bar in rich mode (kept across jobs).
+JOBS_BAR = "jobs"
 #: Plain mode prints at most one progress line per stage per this many seconds.
 PLAIN_INTERVAL_S = 1.0
 #: Log levels shown in rich and plain mode (debug goes to JSON only).
@@ -266,14 +274,25 @@ class RichSink(_TextSink):
         return task
 
     def _clear(self) -> None:
-        for task in self._tasks.values():
-            self.progress.remove_task(task)
-        self._tasks.clear()
+        """Remove the stage bars of the previous job (a batch's ``jobs`` bar stays)."""
+        for stage in [s for s in self._tasks if s != JOBS_BAR]:
+            self.progress.remove_task(self._tasks.pop(stage))
+
+    def _jobs_bar(self, event: Event) -> None:
+        """Batch progress: the ``jobs`` bar counts finished jobs and names the current one."""
+        if isinstance(event, JobStarted) and event.total:
+            task = self._task(JOBS_BAR, event.total)
+            name = event.job or event.output
+            self.progress.update(task, total=event.total, info=f"{event.index}/{event.total}: {name}")
+            self.progress.start_task(task)
+        elif isinstance(event, JobDone | JobFailed | JobSkipped) and JOBS_BAR in self._tasks:
+            self.progress.advance(self._tasks[JOBS_BAR])
 
     def __call__(self, event: Event) -> None:
         p = self.progress
         if isinstance(event, JobStarted):
             self._clear()
+        self._jobs_bar(event)
         if self._job_or_log(event):
             return
         if isinstance(event, StageStarted):
@@ -297,6 +316,38 @@ class RichSink(_TextSink):
             else:
                 p.update(task, completed=total)
             p.stop_task(task)
+
+
+def batch_table(summary) -> Table:
+    """The summary table of ``xportrait batch`` (a :class:`~xportrait_cli.jobs.batch.BatchSummary`):
+    one row per job (status, time, error or note), then the counts and the total time."""
+    styles = {"done": "green", "skipped": "cyan", "failed": "bold red", "not_run": "yellow"}
+    table = Table(title=None, show_lines=False, header_style="bold")
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("job", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("time", justify="right", no_wrap=True)
+    table.add_column("note", overflow="fold")
+    for job in summary.jobs:
+        note = job.error or job.reason or ""
+        if job.resumed_from is not None:
+            note = f"resumed from step {job.resumed_from}" + (f"; {note}" if note else "")
+        status = job.status.replace("_", " ")
+        table.add_row(  # Text, not markup: labels and errors may hold brackets
+            str(job.index),
+            Text(job.label),
+            Text(status, style=styles.get(job.status, "")),
+            format_seconds(job.seconds) if job.status in ("done", "failed") else "-",
+            Text(note),
+            end_section=job is summary.jobs[-1],
+        )
+    counts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in summary.counts.items() if n)
+    if summary.interrupted:
+        counts += ", interrupted"
+    if summary.shard:
+        counts += f" (shard {summary.shard})"
+    table.add_row("", "total", "", format_seconds(summary.seconds), Text(counts))
+    return table
 
 
 @contextlib.contextmanager
@@ -331,12 +382,14 @@ def make_sink(
 
 __all__ = [
     "MODES",
+    "JOBS_BAR",
     "PLAIN_INTERVAL_S",
     "JsonSink",
     "Mode",
     "PlainSink",
     "QuietSink",
     "RichSink",
+    "batch_table",
     "choose_mode",
     "format_seconds",
     "make_sink",

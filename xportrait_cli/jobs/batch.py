@@ -1,0 +1,364 @@
+"""Run the jobs of a manifest one after another: shared networks, failure isolation, shards, locks.
+
+:func:`run_batch` runs each job with :func:`~xportrait_cli.jobs.runner.run_job`, so everything a
+single job does carries over: a finished job whose fingerprint matches is skipped, an unfinished one
+resumes from its last completed step, a changed one restarts. On top of that:
+
+- **Networks** are loaded once (one :class:`~xportrait_cli.jobs.runner.NetworksCache`) and reused
+  by every job with the same weights, device and precision.
+- **Failures** are isolated: a known error (:class:`~xportrait_cli.errors.XPortraitError`) is
+  recorded with its one-line message; any other exception (a bug) is recorded with its type and
+  message and logged with its traceback through :mod:`logging`. The batch goes on, unless
+  ``fail_fast``. ``KeyboardInterrupt`` is never swallowed: it comes out as :class:`BatchInterrupted`
+  (a ``KeyboardInterrupt``) carrying the summary so far; finished outputs stay, the interrupted job
+  keeps its checkpoint.
+- **Locks**: a job locked by another process (two batches on one manifest) is passed over, then
+  checked again once every other job is through: when the other process has finished it, it is
+  reported as skipped, "done by another process"; when that process died, its lock is gone and
+  this one resumes the job from its checkpoint. So when every process has returned, each job was
+  done exactly once.
+- **Shards**: ``Shard(i, n)`` keeps the jobs whose 0-based manifest position is ``i`` modulo ``n``
+  (deterministic; one process per GPU: ``--shard 0/2`` and ``--shard 1/2``).
+
+Events: per job, :class:`~xportrait_cli.events.JobStarted` ``(output, k, total)`` (k counts the
+jobs of this process), the job's stage events, then exactly one of JobDone, JobSkipped or JobFailed
+(a locked job's terminal event comes when it is checked again).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xportrait_cli.errors import UsageError, XPortraitError
+from xportrait_cli.events import (
+    Event,
+    EventSink,
+    JobFailed,
+    JobSkipped,
+    JobStarted,
+    Log,
+    StageStarted,
+    null_sink,
+)
+from xportrait_cli.jobs.fingerprint import output_fingerprint
+from xportrait_cli.jobs.manifest import ManifestJob
+from xportrait_cli.jobs.runner import NetworksCache, run_job
+from xportrait_cli.jobs.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+#: Status of a job in a :class:`BatchSummary`.
+STATUSES: tuple[str, ...] = ("done", "skipped", "failed", "not_run")
+#: Seconds between two checks of jobs locked by another process.
+LOCK_POLL_S = 1.0
+DONE_ELSEWHERE = "done by another process"
+
+_SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (0-based): the jobs at manifest positions ``p % count == index``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise UsageError(
+                f"invalid --shard {self.index}/{self.count}: need 0 <= i < n",
+                "shards are numbered from 0, e.g. --shard 0/2 and --shard 1/2",
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"i/n"`` -> ``Shard(i, n)``; :class:`UsageError` for anything else."""
+        match = _SHARD_RE.match(text or "")
+        if not match:
+            raise UsageError(
+                f"invalid --shard {text!r}: expected i/n", "e.g. --shard 0/4 on the first of 4 GPUs"
+            )
+        return cls(int(match[1]), int(match[2]))
+
+    def selects(self, position: int) -> bool:
+        """Whether the job at 0-based manifest ``position`` belongs to this shard."""
+        return position % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass
+class JobOutcome:
+    """What became of one job: ``status`` is one of :data:`STATUSES`.
+
+    ``error`` is the one-line error of a failed job; ``reason`` why a job was skipped or not run;
+    ``seconds`` its wall time in this process; ``resumed_from`` the step a resumed job started at.
+    """
+
+    index: int
+    label: str
+    output: Path
+    status: str = "not_run"
+    seconds: float = 0.0
+    error: str | None = None
+    reason: str | None = None
+    resumed_from: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (the output as a string)."""
+        return {
+            "index": self.index,
+            "job": self.label,
+            "output": str(self.output),
+            "status": self.status,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+            "reason": self.reason,
+            "resumed_from": self.resumed_from,
+        }
+
+
+@dataclass
+class BatchSummary:
+    """Outcome of :func:`run_batch`: one :class:`JobOutcome` per job of this shard, manifest order."""
+
+    jobs: list[JobOutcome]
+    seconds: float = 0.0
+    interrupted: bool = False
+    shard: Shard | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Number of jobs per status (every status of :data:`STATUSES`, zeros included)."""
+        return {s: sum(j.status == s for j in self.jobs) for s in STATUSES}
+
+    @property
+    def exit_code(self) -> int:
+        """130 when interrupted, 3 when a job failed or was not run, else 0 (design.md exit codes)."""
+        if self.interrupted:
+            return 130
+        counts = self.counts
+        return 3 if counts["failed"] or counts["not_run"] else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` summary: ``{"kind": "batch_summary", "jobs": [...], "counts": {...}, ...}``."""
+        return {
+            "kind": "batch_summary",
+            "jobs": [j.to_dict() for j in self.jobs],
+            "counts": self.counts,
+            "seconds": round(self.seconds, 3),
+            "interrupted": self.interrupted,
+            "shard": str(self.shard) if self.shard else None,
+            "exit_code": self.exit_code,
+        }
+
+
+class BatchInterrupted(KeyboardInterrupt):  # noqa: N818 - it is a KeyboardInterrupt
+    """Ctrl-C during a batch: a ``KeyboardInterrupt`` that carries the :class:`BatchSummary` so far."""
+
+    def __init__(self, summary: BatchSummary) -> None:
+        super().__init__("batch interrupted")
+        self.summary = summary
+
+
+class _JobEvents:
+    """The sink one attempt at a job sees.
+
+    Emits :class:`JobStarted` before the job's first event (at once with ``start_now``), holds
+    :class:`JobSkipped` back until :func:`run_job` returns (a locked job's "running in another
+    process" is dropped: its terminal event comes later), and adds ``note`` before the job's first
+    stage, i.e. only when the job really runs.
+    """
+
+    def __init__(self, sink: EventSink, started: JobStarted, *, note: str | None, skip_reason: str | None):
+        self.sink, self.started, self.note, self.skip_reason = sink, started, note, skip_reason
+        self.held: JobSkipped | None = None
+        self._started = False
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            self.sink(self.started)
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, JobSkipped):
+            self.held = event
+            return
+        self.start()
+        if self.note and isinstance(event, StageStarted):
+            self.sink(Log("info", self.note, job=event.job))
+            self.note = None
+        self.sink(event)
+
+    def finish(self, status: str) -> None:
+        if self.held is None or status == "locked":
+            return
+        self.start()
+        held = self.held
+        if self.skip_reason:
+            held = JobSkipped(self.skip_reason, held.output, job=held.job)
+        self.sink(held)
+
+
+def _rerun_note(spec: JobSpec, force: bool) -> str | None:
+    """What re-running a job replaces, said when it really runs; None when there is no output yet."""
+    if not spec.output.exists():
+        return None
+    if force:
+        return f"redoing {spec.label} (--force)"
+    if output_fingerprint(spec.output) is None:
+        return f"replacing {spec.output}: it has no xportrait fingerprint"
+    return f"re-running {spec.label}: its inputs or options changed since {spec.output.name} was made"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return " ".join(text.split())
+
+
+def _attempt(
+    job: ManifestJob,
+    outcome: JobOutcome,
+    events: EventSink,
+    started: JobStarted,
+    *,
+    recheck: bool,
+    force: bool,
+    keep_work: bool,
+    networks: NetworksCache,
+) -> str:
+    """Run (or re-check) one job, filling ``outcome``; returns the status or ``"locked"``."""
+    spec = job.spec
+    note = None if job.error else _rerun_note(spec, force and not recheck)
+    sink = _JobEvents(events, started, note=note, skip_reason=DONE_ELSEWHERE if recheck else None)
+    if not recheck:
+        sink.start()
+    t0 = time.monotonic()
+    status, result = "failed", None
+    try:
+        if job.error is not None:
+            raise job.error
+        spec.output.parent.mkdir(parents=True, exist_ok=True)
+        # a re-check never forces: the other process's finished output is the job's result
+        result = run_job(spec, sink, force=force and not recheck, keep_work=keep_work, networks=networks)
+        status = result.status
+    except XPortraitError as exc:
+        outcome.error = exc.one_line()
+        sink.start()
+        events(JobFailed.from_exception(exc, job=spec.label))
+    except Exception as exc:  # a bug: record it, keep its traceback in the log, go on
+        outcome.error = _one_line(exc)
+        log.error("job %s failed with an unexpected error", spec.label, exc_info=True)
+        sink.start()
+        events(JobFailed(outcome.error, "this is a bug; the traceback is in the log", job=spec.label))
+    finally:
+        outcome.seconds += time.monotonic() - t0
+    sink.finish(status)
+    if status == "locked":
+        return status
+    outcome.status = status
+    if result is not None:
+        outcome.resumed_from = result.resumed_from
+        if status == "skipped":
+            outcome.reason = sink.held.reason if sink.held else None
+            if recheck:
+                outcome.reason = DONE_ELSEWHERE
+    return status
+
+
+def run_batch(
+    jobs: Sequence[ManifestJob | JobSpec],
+    events: EventSink = null_sink,
+    *,
+    force: bool = False,
+    keep_work: bool = False,
+    fail_fast: bool = False,
+    shard: Shard | None = None,
+    networks: NetworksCache | None = None,
+    lock_poll_s: float = LOCK_POLL_S,
+) -> BatchSummary:
+    """Run ``jobs`` (validated manifest jobs, or bare specs) in order; see the module docstring.
+
+    Args:
+        jobs: from :func:`~xportrait_cli.jobs.manifest.load_manifest`; a job with ``error`` set is
+            reported failed without running.
+        events: sink for every job's events (nothing here prints).
+        force: redo finished jobs and discard checkpoints; keep_work: keep working directories.
+        fail_fast: stop at the first failed job (the rest are "not_run").
+        shard: run only this shard's jobs (the others are left out of the summary).
+        networks: a cache to share (a new one by default); lock_poll_s: seconds between checks of
+            jobs another process holds.
+
+    Returns:
+        The :class:`BatchSummary`; its ``exit_code`` is 0, 3 or 130.
+
+    Raises:
+        BatchInterrupted: on Ctrl-C, with the summary so far (finished work is kept).
+    """
+    begin = time.monotonic()
+    entries = [j if isinstance(j, ManifestJob) else ManifestJob(i, j.label, j) for i, j in enumerate(jobs, 1)]
+    selected = [j for j in entries if shard is None or shard.selects(j.index - 1)]
+    outcomes = [JobOutcome(j.index, j.spec.label, j.spec.output) for j in selected]
+    summary = BatchSummary(outcomes, shard=shard)
+    networks = networks or NetworksCache()
+    total = len(selected)
+    options = dict(force=force, keep_work=keep_work, networks=networks)
+
+    def started(k: int, job: ManifestJob) -> JobStarted:
+        return JobStarted(str(job.spec.output), k, total, job=job.spec.label)
+
+    try:
+        locked: list[int] = []
+        stopped = False
+        for k, (job, outcome) in enumerate(zip(selected, outcomes, strict=True), 1):
+            status = _attempt(job, outcome, events, started(k, job), recheck=False, **options)
+            if status == "locked":
+                locked.append(k)
+                label = job.spec.label
+                message = f"{label} is running in another process; checking it again at the end"
+                events(Log("info", message, job=label))
+            elif status == "failed" and fail_fast:
+                stopped = True
+                break
+        if stopped:
+            for outcome in outcomes:
+                if outcome.status == "not_run":
+                    outcome.reason = "--fail-fast: stopped after a failed job"
+        elif locked:
+            events(Log("info", f"waiting for {len(locked)} job(s) running in another process"))
+        while locked and not stopped:
+            still: list[int] = []
+            for k in locked:
+                job, outcome = selected[k - 1], outcomes[k - 1]
+                if _attempt(job, outcome, events, started(k, job), recheck=True, **options) == "locked":
+                    still.append(k)
+            locked = still
+            if locked:
+                time.sleep(lock_poll_s)
+    except KeyboardInterrupt as exc:
+        summary.interrupted = True
+        summary.seconds = time.monotonic() - begin
+        for outcome in outcomes:
+            if outcome.status == "not_run":
+                outcome.reason = "interrupted"
+        raise BatchInterrupted(summary) from exc
+    summary.seconds = time.monotonic() - begin
+    return summary
+
+
+__all__ = [
+    "DONE_ELSEWHERE",
+    "STATUSES",
+    "BatchInterrupted",
+    "BatchSummary",
+    "JobOutcome",
+    "Shard",
+    "run_batch",
+]
