@@ -231,6 +231,9 @@ class VideoWriter:
             self._video = self._container.add_stream("libx264", rate=self.fps)
             self._video.pix_fmt = "yuv420p"
             self._video.options = {"crf": str(self.crf), "preset": self.preset}
+            # one encoder thread: with FFmpeg's automatic threading libx264 sometimes writes a different
+            # file for identical frames, and a resumed job must give the same file as an uninterrupted one
+            self._video.codec_context.thread_count = 1
             self._container.metadata.update(metadata or {})
             self._audio: _AudioCopier | None = None
             if audio_source is not None:
