@@ -39,7 +39,7 @@ def test_builtin_defaults_are_the_official_settings():
         "auto",
     )
     assert o.decode_chunk_size == 2
-    assert not (o.compile or o.offload or o.crop or o.paste_back or o.comparison)
+    assert not (o.compile or o.crop or o.paste_back or o.comparison)
 
 
 def test_every_option_has_help_and_a_flag():
@@ -259,8 +259,8 @@ def test_options_to_dict_is_json_and_round_trips():
 
 def test_options_to_dict_output_only_drops_speed_options():
     base = options_to_dict(AnimateOptions(), output_only=True)
-    assert not {"compile", "offload", "decode_chunk_size", "batch_guidance"} & set(base)
-    fast_path = AnimateOptions(compile=True, offload=True, decode_chunk_size=8, batch_guidance="on")
+    assert not {"compile", "decode_chunk_size", "batch_guidance"} & set(base)
+    fast_path = AnimateOptions(compile=True, decode_chunk_size=8, batch_guidance="on")
     assert options_to_dict(fast_path, output_only=True) == base
     assert options_to_dict(AnimateOptions(seed=1), output_only=True) != base
 

@@ -216,9 +216,6 @@ def animate_command(
     compile: Annotated[
         bool | None, typer.Option("--compile/--no-compile", help=help_text("compile"))
     ] = None,
-    offload: Annotated[
-        bool | None, typer.Option("--offload/--no-offload", help=help_text("offload"))
-    ] = None,
     crop: Annotated[bool | None, typer.Option("--crop/--no-crop", help=help_text("crop"))] = None,
     paste_back: Annotated[
         bool | None, typer.Option("--paste-back/--no-paste-back", help=help_text("paste_back"))
@@ -262,7 +259,6 @@ def animate_command(
         batch_guidance=batch_guidance,
         decode_chunk_size=decode_chunk_size,
         compile=compile,
-        offload=offload,
         crop=crop,
         paste_back=paste_back,
         comparison=comparison,

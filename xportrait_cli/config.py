@@ -239,12 +239,6 @@ class AnimateOptions:
     compile: bool = _opt(
         False, "torch.compile the networks (slow first run).", flag="--compile", affects_output=False
     )
-    offload: bool = _opt(
-        False,
-        "Keep idle networks on the CPU and move each to the device when used.",
-        flag="--offload",
-        affects_output=False,
-    )
     crop: bool = _opt(
         False,
         "Detect the face and crop square portrait and driving regions before animating "
@@ -570,7 +564,7 @@ def options_to_dict(options: AnimateOptions, *, output_only: bool = False) -> di
 
     Paths become strings, ``reference`` a list of strings. With ``output_only=True`` the options
     that change only speed or memory (metadata ``affects_output=False``: ``batch_guidance``,
-    ``decode_chunk_size``, ``compile``, ``offload``) are left out, so a job fingerprint survives
+    ``decode_chunk_size``, ``compile``) are left out, so a job fingerprint survives
     them. ``resolve_options(options_to_dict(o)) == o``.
     """
     out: dict[str, Any] = {}
