@@ -211,6 +211,10 @@ def run_job(
         events(JobSkipped("running in another process", str(spec.output), job=job))
         return JobResult(spec.output, "locked")
     try:
+        if not force and spec.output.exists() and output_fingerprint(spec.output) == digest:
+            # finished by another process between the first check and the lock
+            events(JobSkipped("finished output with the same inputs and options", str(spec.output), job=job))
+            return JobResult(spec.output, "skipped")
         work = _work_dir(spec, fingerprint, force, events)
         result = _run_locked(spec, fingerprint, work, events, networks or NetworksCache(), model, after_step)
         if not keep_work:
