@@ -273,7 +273,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(AnimateOptions)}
 
 def option_field(name: str) -> dataclasses.Field:
     """The dataclass field of option ``name`` (canonical, dashed, flag or alias spelling)."""
-    return _FIELDS[_canonical(name, source="option_field()")]
+    return _FIELDS[canonical_key(name, source="option_field()")]
 
 
 def help_text(name: str) -> str:
@@ -422,19 +422,24 @@ def _coerce(name: str, value: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
-def _canonical(key: Any, source: str) -> str:
+def canonical_key(key: Any, source: str, extra: Sequence[str] = ()) -> str:
+    """The canonical name of an option key (underscores, dashes, a leading ``--`` or an alias), or
+    of one of the ``extra`` keys a caller also accepts (a manifest's ``portrait``, ``driving`` …).
+
+    Raises :class:`UsageError` naming ``source``, with a difflib suggestion, for any other key.
+    """
     if not isinstance(key, str):
         raise UsageError(f"option names must be strings, got {key!r} in {source}")
     name = key.strip().lstrip("-").replace("-", "_").lower()
     name = ALIASES.get(name, name)
-    if name in _FIELDS:
+    if name in _FIELDS or name in extra:
         return name
-    known = sorted(set(OPTION_NAMES) | set(ALIASES))
+    known = sorted(set(extra) | set(OPTION_NAMES) | set(ALIASES))
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
     if close:
         hint = f"did you mean {ALIASES.get(close[0], close[0])!r}?"
     else:
-        hint = f"known options: {', '.join(OPTION_NAMES)}"
+        hint = f"known options: {', '.join((*extra, *OPTION_NAMES))}"
     raise UsageError(f"unknown option {key!r} in {source}", hint)
 
 
@@ -449,7 +454,7 @@ def normalize_options(mapping: Mapping[str, Any], source: str = "options") -> di
     out: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     for key, value in mapping.items():
-        name = _canonical(key, source)
+        name = canonical_key(key, source)
         if name in spelled:
             raise UsageError(
                 f"option {name!r} given twice in {source} (as {spelled[name]!r} and {key!r})",

@@ -42,7 +42,12 @@ from typing import Any, TextIO
 
 import yaml
 
-from xportrait_cli.config import ALIASES, OPTION_NAMES, load_preset, normalize_options, resolve_options
+from xportrait_cli.config import (
+    canonical_key,
+    load_preset,
+    normalize_options,
+    resolve_options,
+)
 from xportrait_cli.errors import InputError, UsageError
 from xportrait_cli.jobs.spec import JobSpec, default_output
 
@@ -311,23 +316,6 @@ def _read_jsonl(text: str, name: str) -> list[_Entry]:
 # --------------------------------------------------------------------------------------------------
 
 
-def _key(key: Any, where: str, allowed: tuple[str, ...]) -> str:
-    """The canonical spelling of a job key or option; UsageError with a suggestion otherwise."""
-    if not isinstance(key, str):
-        raise UsageError(f"key {key!r} in {where} is not a name", "keys are option names such as 'seed'")
-    name = key.strip().lstrip("-").replace("-", "_").lower()
-    name = ALIASES.get(name, name)
-    if name in allowed or name in OPTION_NAMES:
-        return name
-    known = sorted(set(allowed) | set(OPTION_NAMES) | set(ALIASES))
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    if close:
-        hint = f"did you mean {ALIASES.get(close[0], close[0])!r}?"
-    else:
-        hint = f"known keys: {', '.join((*allowed, *OPTION_NAMES))}"
-    raise UsageError(f"unknown option {key!r} in {where}", hint)
-
-
 def _path_value(value: Any, key: str, where: str) -> Path:
     if isinstance(value, str | os.PathLike) and str(value).strip():
         return Path(str(value).strip()).expanduser()
@@ -352,7 +340,7 @@ def _split(
     options: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     for key, value in data.items():
-        name = _key(key, where, allowed)
+        name = canonical_key(key, where, allowed)
         if name in spelled:
             raise UsageError(
                 f"{name!r} given twice in {where} (as {spelled[name]!r} and {key!r})", "keep one of them"
