@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,14 @@ def tiny_networks(golden: Path, tiny_config: Path):
     from xportrait_cli.models import load_networks
 
     return load_networks(golden / "tiny_xportrait.th", config=tiny_config)
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run the console script's ``main()`` in-process with ``args``: (exit code, stdout, stderr)."""
+    from xportrait_cli import cli
+
+    monkeypatch.setattr(sys, "argv", ["xportrait", *args])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err

@@ -5,7 +5,6 @@ videos (one steady box, frame rate and audio kept, a vertical 720×1280 clip), a
 from __future__ import annotations
 
 import json
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+from conftest import run_main
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -41,14 +41,6 @@ def two_faces(media) -> np.ndarray:
     left = np.full((512, 307, 3), 128, np.uint8)
     left[100:407] = small
     return np.concatenate([left, load_image(media / "astronaut.png")], axis=1)  # 819×512
-
-
-def _run_main(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["xportrait", *args])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def _face(image: np.ndarray, det) -> tuple[np.ndarray, float]:
@@ -132,7 +124,7 @@ def test_no_face_exits_1(media, tmp_path, monkeypatch, capsys):
     Image.fromarray(load_image(media / "astronaut.png")[250:, 250:]).save(background)
     for path in (gradient, background):
         out = tmp_path / f"{path.stem}_out.png"
-        code, stdout, err = _run_main(
+        code, stdout, err = run_main(
             monkeypatch, capsys, "crop", str(path), "-o", str(out), "--landmarks", "dlib"
         )
         assert code == 1 and stdout == ""
@@ -141,7 +133,7 @@ def test_no_face_exits_1(media, tmp_path, monkeypatch, capsys):
 
 
 def test_bad_options_exit_2(media, tmp_path, monkeypatch, capsys):
-    code, _, err = _run_main(
+    code, _, err = run_main(
         monkeypatch, capsys, "crop", str(media / "astronaut.png"), "--pad", "mirror", "--landmarks", "dlib"
     )
     assert code == 2 and "--pad" in err
@@ -170,7 +162,7 @@ def test_two_faces(two_faces, tmp_path, det, monkeypatch, capsys):
     data = json.loads(res.stdout)
     assert data["faces"] == 2 and data["face"] == 1 and data["box"] == right.info.box.tolist()
     assert out.is_file() and (tmp_path / "two.crop.json").is_file()
-    code, _, err = _run_main(monkeypatch, capsys, "crop", str(path), "--face", "2", "--landmarks", "dlib")
+    code, _, err = run_main(monkeypatch, capsys, "crop", str(path), "--face", "2", "--landmarks", "dlib")
     assert code == 2 and "has 2 faces" in err and "0 to 1 from left to right" in err
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from fractions import Fraction
 
 import av
 import numpy as np
-import pytest
+from conftest import run_main
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -17,14 +16,6 @@ from xportrait_cli.face.landmarks import DlibDetector
 from xportrait_cli.inspect import inspect_inputs
 
 runner = CliRunner()
-
-
-def _run_main(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["xportrait", *args])
-    with pytest.raises(SystemExit) as exc:
-        cli.main()
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def test_inspect_json(media):
@@ -76,16 +67,16 @@ def test_previews(media, tmp_path):
 def test_failures_are_one_line(media, tmp_path, monkeypatch, capsys):
     blank = tmp_path / "blank.png"
     Image.new("RGB", (256, 256), (128, 128, 128)).save(blank)
-    code, out, err = _run_main(monkeypatch, capsys, "inspect", str(blank), "--landmarks", "dlib")
+    code, out, err = run_main(monkeypatch, capsys, "inspect", str(blank), "--landmarks", "dlib")
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "no face" in err and "blank.png" in err
-    code, _, err = _run_main(
+    code, _, err = run_main(
         monkeypatch, capsys, "inspect", str(tmp_path / "missing.png"), "--landmarks", "dlib"
     )
     assert code == 1 and err.count("\n") == 1 and "missing.png" in err
     not_video = tmp_path / "clip.mp4"
     not_video.write_text("nope")
-    code, _, err = _run_main(
+    code, _, err = run_main(
         monkeypatch, capsys, "inspect", str(media / "astronaut.png"), str(not_video), "--landmarks", "dlib"
     )
     assert code == 1 and err.strip().splitlines()[-1].startswith("error:") and "clip.mp4" in err
