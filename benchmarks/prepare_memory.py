@@ -22,27 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
+
+from cpu import make_video  # benchmarks/cpu.py: loops a real clip into an N-frame video
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("XPORTRAIT_SHARED", ROOT.parent / "shared"))
-
-
-def make_video(path: Path, n: int) -> None:
-    import av
-
-    with av.open(str(SHARED / "media" / "xportrait_driving.mp4")) as src:
-        frames = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)]
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=Fraction(12000, 1001))
-        s.width, s.height, s.pix_fmt = 512, 512, "yuv420p"
-        s.options = {"preset": "ultrafast"}
-        for i in range(n):
-            for pkt in s.encode(av.VideoFrame.from_ndarray(frames[i % len(frames)], format="rgb24")):
-                out.mux(pkt)
-        for pkt in s.encode():
-            out.mux(pkt)
 
 
 class FixedDetector:
