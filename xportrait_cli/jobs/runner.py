@@ -200,8 +200,7 @@ def run_job(
     fingerprint = job_fingerprint(spec, model)
     digest = fingerprint["digest"]
 
-    if not force and spec.output.exists() and output_fingerprint(spec.output) == digest:
-        events(JobSkipped("finished output with the same inputs and options", str(spec.output), job=job))
+    if _finished(spec, digest, force, events):
         return JobResult(spec.output, "skipped")
 
     lock = FileLock(str(spec.lock_path))
@@ -211,9 +210,7 @@ def run_job(
         events(JobSkipped("running in another process", str(spec.output), job=job))
         return JobResult(spec.output, "locked")
     try:
-        if not force and spec.output.exists() and output_fingerprint(spec.output) == digest:
-            # finished by another process between the first check and the lock
-            events(JobSkipped("finished output with the same inputs and options", str(spec.output), job=job))
+        if _finished(spec, digest, force, events):  # finished by another process before the lock
             return JobResult(spec.output, "skipped")
         work = _work_dir(spec, fingerprint, force, events)
         result = _run_locked(spec, fingerprint, work, events, networks or NetworksCache(), model, after_step)
@@ -225,6 +222,14 @@ def run_job(
     result.seconds = time.monotonic() - started
     events(JobDone(str(spec.output), result.seconds, job=job))
     return result
+
+
+def _finished(spec: JobSpec, digest: str, force: bool, events: EventSink) -> bool:
+    """True (and a JobSkipped event) when the output exists with this fingerprint and not ``force``."""
+    if force or not spec.output.exists() or output_fingerprint(spec.output) != digest:
+        return False
+    events(JobSkipped("finished output with the same inputs and options", str(spec.output), job=spec.label))
+    return True
 
 
 def _work_dir(spec: JobSpec, fingerprint: dict, force: bool, events: EventSink) -> Path:

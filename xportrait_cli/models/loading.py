@@ -104,7 +104,8 @@ def _load_into(
         )
 
 
-def _build(architecture: Architecture, device) -> XPortraitNetworks:
+def _build(architecture: Architecture) -> XPortraitNetworks:
+    """The networks on the meta device: weights are assigned by :func:`_load_into`."""
     with torch.device("meta"):
         networks = XPortraitNetworks(architecture)
     return networks
@@ -141,22 +142,13 @@ def load_networks(
     converted = convert_official_state_dict(state_dict, architecture)
     text = {k[len("text_encoder.") :]: v for k, v in converted.items() if k.startswith("text_encoder.")}
     nets = {k: v for k, v in converted.items() if not k.startswith("text_encoder.")}
-    networks = _build(architecture, device)
-    text_encoder = build_text_encoder(architecture) if torch.device(device).type != "meta" else None
-    if text_encoder is None:
-        with torch.device("meta"):
-            text_encoder = build_text_encoder(architecture)
-    _load_into(
-        text_encoder,
-        text,
-        "cpu" if torch.device(device).type != "meta" else "meta",
-        torch.float32,
-        "CLIP text encoder",
-    )
-    if torch.device(device).type != "meta":
-        nets["context"] = encode_empty_prompt(text_encoder.eval())
-    else:
-        nets["context"] = networks.context
+    meta = torch.device(device).type == "meta"
+    networks = _build(architecture)
+    # CLIP runs once, in fp32 on the CPU, for the empty prompt's context; it is not kept
+    with torch.device("meta" if meta else "cpu"):
+        text_encoder = build_text_encoder(architecture)
+    _load_into(text_encoder, text, "meta" if meta else "cpu", torch.float32, "CLIP text encoder")
+    nets["context"] = networks.context if meta else encode_empty_prompt(text_encoder.eval())
     _load_into(networks, nets, device, dtype, "X-Portrait checkpoint")
     return networks.eval().requires_grad_(False)
 
@@ -169,7 +161,7 @@ def _load_converted(folder: Path, device, dtype) -> XPortraitNetworks:
             "convert it again with `xportrait download-weights`",
         )
     architecture = Architecture.from_dict(meta["architecture"])
-    networks = _build(architecture, device)
+    networks = _build(architecture)
     target = "cpu" if torch.device(device).type == "meta" else device
     with safe_open(str(folder / WEIGHTS_NAME), framework="pt", device=str(target)) as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118

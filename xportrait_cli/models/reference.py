@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
-from torch import nn  # noqa: F401
+from torch import nn
 
 
 @dataclass
