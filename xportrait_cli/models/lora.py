@@ -31,11 +31,12 @@ def _looks_like_path(source: str) -> bool:
 def resolve_lora(source: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """The LoRA file ``source`` names: a file, a folder holding :data:`LORA_FILENAME` (or one
     ``.safetensors``), or a Hugging Face repo id whose :data:`LORA_FILENAME` is taken from the hub
-    cache (downloaded when missing and the hub is reachable; ``HF_HUB_OFFLINE`` honoured).
+    cache (``cache_dir``, else ``HF_HUB_CACHE`` …); a job never downloads (see
+    :func:`download_lcm_lora`).
 
     Raises:
         InputError: a path that does not exist, or a folder without a single LoRA file.
-        WeightsMissingError: a repo id that is neither cached nor downloadable.
+        WeightsMissingError: a repo id whose file is not in the hub cache.
     """
     path = Path(source).expanduser()
     if path.is_file():
@@ -52,28 +53,41 @@ def resolve_lora(source: str, cache_dir: str | os.PathLike[str] | None = None) -
         return files[0]
     if _looks_like_path(source) or source.count("/") != 1:
         raise InputError(f"{source}: LoRA file not found", "check the path, or pass a repo id like org/name")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub import try_to_load_from_cache
 
-    try:
-        return Path(hf_hub_download(source, LORA_FILENAME, cache_dir=cache_dir))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-        hint = (
-            "run `xportrait download-weights --lcm-lora`" if source == LCM_LORA_REPO else "check the repo id"
-        )
-        raise WeightsMissingError(
-            f"LoRA {source} ({LORA_FILENAME}) is not in the hub cache: {exc}", hint
-        ) from None
+    from xportrait_cli.models.weights import hub_cache_dir
+
+    cache = hub_cache_dir(cache_dir)
+    found = try_to_load_from_cache(source, LORA_FILENAME, cache_dir=str(cache))
+    if isinstance(found, str):
+        return Path(found)
+    if source == LCM_LORA_REPO:
+        hint = "run `xportrait download-weights --lcm-lora`"
+    else:
+        hint = f"fetch it first: `hf download {source} {LORA_FILENAME}`"
+    raise WeightsMissingError(f"LoRA {source} ({LORA_FILENAME}) is not in the hub cache {cache}", hint)
 
 
 def download_lcm_lora(cache_dir: str | os.PathLike[str] | None = None, revision: str = "main") -> Path:
-    """Fetch :data:`LCM_LORA_REPO`'s :data:`LORA_FILENAME` into the hub cache (HF_ENDPOINT and
-    HF_TOKEN honoured); returns the cached file. Raises :class:`DownloadError`."""
+    """Fetch :data:`LCM_LORA_REPO`'s :data:`LORA_FILENAME` into the hub cache (``cache_dir``, else
+    HF_HUB_CACHE …; HF_ENDPOINT and HF_TOKEN read now); returns the cached file. Raises
+    :class:`DownloadError`."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    from xportrait_cli.models.weights import hub_cache_dir
+
     try:
-        return Path(hf_hub_download(LCM_LORA_REPO, LORA_FILENAME, revision=revision, cache_dir=cache_dir))
+        return Path(
+            hf_hub_download(
+                LCM_LORA_REPO,
+                LORA_FILENAME,
+                revision=revision,
+                cache_dir=str(hub_cache_dir(cache_dir)),
+                endpoint=os.environ.get("HF_ENDPOINT") or None,
+                token=os.environ.get("HF_TOKEN") or None,
+            )
+        )
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DownloadError(
