@@ -211,3 +211,44 @@ def test_motion_guidance_batched_matches_two_passes(golden, media, tmp_path):
     ]  # fmt: skip
     error = (final_latents(runs[0]) - final_latents(runs[1])).abs().max().item()
     assert error < 1e-4, error  # measured 0.0 on this CPU
+
+
+def test_new_options_validate_and_round_trip(tmp_path, monkeypatch, capsys):
+    from conftest import run_main
+
+    from xportrait_cli.config import AnimateOptions, load_preset, options_to_dict, resolve_options
+    from xportrait_cli.errors import UsageError
+
+    opts = AnimateOptions(guidance_interval="0.2, 0.8", control_mode="Motion_Guidance", scheduler="lcm",
+                          num_inference_steps=4, lora="org/name", lora_scale="0.5")  # fmt: skip
+    assert (opts.guidance_interval, opts.control_mode, opts.lora_scale) == (
+        (0.2, 0.8),
+        "motion-guidance",
+        0.5,
+    )
+    assert options_to_dict(opts)["guidance_interval"] == [0.2, 0.8]
+    assert resolve_options(options_to_dict(opts)) == opts
+    for bad, match in (
+        ({"guidance_interval": (0.8, 0.2)}, "0 <= LO <= HI <= 1"),
+        ({"guidance_interval": "0.5"}, "two numbers"),
+        ({"control_mode": "balance"}, "controlnet-important, motion-guidance"),
+        ({"scheduler": "lcm", "num_inference_steps": 60}, "at most 50"),
+    ):
+        with pytest.raises(UsageError, match=match):
+            AnimateOptions(**bad)
+    # a preset's relative lora is a file beside it when one exists, else a repo id
+    (tmp_path / "mine.safetensors").write_bytes(b"x")
+    (tmp_path / "a.yaml").write_text("lora: mine.safetensors\ninit_video: clip.mp4\n")
+    (tmp_path / "b.yaml").write_text("lora: org/name\n")
+    assert load_preset(tmp_path / "a.yaml")["lora"] == str(tmp_path / "mine.safetensors")
+    assert load_preset(tmp_path / "a.yaml")["init_video"] == tmp_path / "clip.mp4"
+    assert load_preset(tmp_path / "b.yaml")["lora"] == "org/name"
+    # the flags: two numbers for --guidance-interval; a bad value is one line and exit 2
+    code, _, err = run_main(
+        monkeypatch, capsys, "animate", "p.png", "d.mp4", "--guidance-interval", "0.9", "0.1"
+    )
+    assert code == 2 and "guidance_interval (--guidance-interval)" in err and "Traceback" not in err
+    code, _, err = run_main(
+        monkeypatch, capsys, "animate", "p.png", "d.mp4", "--control-mode", "motion-guidence"
+    )
+    assert code == 2 and "did you mean 'motion-guidance'?" in err
