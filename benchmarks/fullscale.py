@@ -15,7 +15,9 @@ a table. Figures: ``convert_seconds``, ``convert_peak_anon_bytes``, ``convert_pe
 dtype ``load_seconds``, ``load_peak_anon_bytes``, ``load_peak_rss_bytes``,
 ``load_anon_vs_weights`` (the contract: ≤ 1.15), ``denoise_seconds_per_frame_step``; per half
 dtype ``max_rel_error_latents_vs_fp32`` (``max|x - x32| / max|x32|`` of the final latents) and
-``max_abs_error_uint8_vs_fp32`` (of the decoded MP4 frames); ``reference_shared_vs_per_frame_time_ratio``;
+``max_abs_error_uint8_vs_fp32`` (of the decoded MP4 frames);
+``reference_shared_vs_per_frame_time_ratio`` (the fastest of the 3 shared fp32 runs over the
+per-frame one);
 ``denoise_spread`` (``(max - min) / min`` of the 3 fp32 runs); ``forward`` (``overhead_vs_stock``).
 
 Timings on a shared 2-core machine are noisy: ratios are measured in the same process, interleaved.
@@ -244,8 +246,11 @@ def run_size(env: dict, work: Path, size: int, device: str = "cpu") -> dict:
     denoise = [runs[f"fp32_{i}"]["denoise_seconds"] for i in range(3)]
     out["denoise_seconds_fp32_runs"] = denoise
     out["denoise_spread"] = (max(denoise) - min(denoise)) / min(denoise)
-    shared, per_frame = (runs[k]["denoise_seconds"] for k in ("fp32_0", "fp32_per_frame"))
-    out["reference_shared_vs_per_frame_time_ratio"] = shared / per_frame
+    # the fastest shared run against the per-frame run: on a shared machine the slow runs are
+    # the ones other processes slowed down
+    per_frame = runs["fp32_per_frame"]["denoise_seconds"]
+    out["reference_shared_vs_per_frame_time_ratio"] = min(denoise) / per_frame
+    out["reference_shared_vs_per_frame_time_ratio_first_run"] = denoise[0] / per_frame
     return out
 
 
