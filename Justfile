@@ -16,6 +16,11 @@ lint:
 bench:
     python benchmarks/run.py
 
+# Full-size rehearsal on the CPU (a seeded 12 GB checkpoint, built once in XPORTRAIT_BENCH_CACHE;
+# download-weights, animate fp32/bf16/fp16, forwards against stock diffusers): bench-fullscale.json
+bench-fullscale *ARGS:
+    python benchmarks/fullscale.py {{ARGS}}
+
 # Animate the official demo pair (needs `xportrait download-weights` first)
 demo:
     xportrait animate ../shared/media/xportrait_source.png ../shared/media/xportrait_driving.mp4 --best-frame 36 -o demo.mp4

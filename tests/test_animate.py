@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,7 @@ def xportrait(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = {
         "OMP_NUM_THREADS": "1",
         "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),  # the children run this tree's package
         "HOME": str(cwd),
         "XPORTRAIT_HOME": str(cwd / ".home"),
     }
@@ -215,7 +217,12 @@ def test_ctrl_c_exits_130_keeps_the_checkpoint_and_writes_nothing(tmp_path, medi
     import signal
 
     out = tmp_path / "out.mp4"
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        "HOME": str(tmp_path),
+    }
     args = [
         "animate",
         media / "xportrait_source.png",

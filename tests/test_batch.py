@@ -193,6 +193,7 @@ def env_for(cwd: Path) -> dict:
     return {
         "OMP_NUM_THREADS": "1",
         "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),  # the children run this tree's package
         "HOME": str(cwd),
         "XPORTRAIT_HOME": str(cwd / ".home"),
     }

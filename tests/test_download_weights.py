@@ -321,3 +321,21 @@ def test_download_and_convert_golden_checkpoint(golden: Path, tmp_path: Path, mo
 
     networks = load_networks(folder, device="meta")
     assert networks is not None
+
+
+def test_cuda_default_dtype_is_the_downloaded_one() -> None:
+    """One truth: the folder `download-weights` converts by default is the dtype `animate --dtype auto`
+    runs on CUDA (no cast on every run), and both `--help` texts say so."""
+    import inspect
+
+    from xportrait_cli.config import help_text
+    from xportrait_cli.jobs.runner import resolve_dtype
+
+    names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+    assert names[resolve_dtype("auto", torch.device("cuda"))] == weights.CUDA_DTYPE
+    assert names[resolve_dtype("auto", torch.device("cpu"))] == "fp32"
+    for function in (weights.download_weights, weights.check_weights):
+        assert inspect.signature(function).parameters["dtype"].default == weights.CUDA_DTYPE
+    option = inspect.signature(cli.download_weights_command).parameters["dtype"].default
+    assert option.default == weights.CUDA_DTYPE and "what animate runs on CUDA" in option.help
+    assert f"{weights.CUDA_DTYPE} on CUDA" in help_text("dtype")

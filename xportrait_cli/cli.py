@@ -43,7 +43,9 @@ def download_weights_command(
         None, "--cache-dir", help="Hugging Face hub cache (default: HF_HUB_CACHE, HF_HOME/hub)."
     ),
     revision: str = typer.Option("main", "--revision", help="Branch, tag or commit of fffiloni/X-Portrait."),
-    dtype: str = typer.Option("fp16", "--dtype", help="Converted weights precision: fp16, bf16 or fp32."),
+    dtype: str = typer.Option(
+        "fp16", "--dtype", help="Converted weights precision: fp16 (what animate runs on CUDA), bf16 or fp32."
+    ),
     convert: bool = typer.Option(
         True, "--convert/--no-convert", help="Convert the checkpoint once into the fast-loading folder."
     ),

@@ -84,11 +84,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``"auto"`` → bf16 on CUDA cards that support it, else fp16 on CUDA, fp32 on CPU."""
+    """``"auto"`` → fp32 on the CPU, :data:`~xportrait_cli.models.weights.CUDA_DTYPE` (fp16) on CUDA:
+    the precision ``download-weights`` converts to, so the default weights load without a cast."""
     if dtype == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        from xportrait_cli.models.weights import CUDA_DTYPE
+
+        dtype = CUDA_DTYPE if device.type == "cuda" else "fp32"
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
 
 

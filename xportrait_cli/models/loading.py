@@ -94,9 +94,14 @@ def _load_into(
     check_against(expected, tensors, what)
     if torch.device(device).type == "meta":
         return
-    module.load_state_dict(
-        {k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}, strict=True, assign=True
-    )
+    # Each tensor straight into the target dtype (no staging copy); one already in it stays in the
+    # mapped file. When those are the smaller part they are cloned, so that a few fp32 buffers
+    # (position tables, context) do not keep a whole mapped fp16 file resident beside fp32 copies.
+    loaded = {k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}
+    kept = [k for k, t in loaded.items() if t is tensors[k]]
+    if 2 * sum(loaded[k].nbytes for k in kept) < sum(t.nbytes for t in loaded.values()):
+        loaded.update({k: loaded[k].clone() for k in kept})
+    module.load_state_dict(loaded, strict=True, assign=True)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if left:
         raise CheckpointError(

@@ -47,8 +47,10 @@ class PositionalEncoding(nn.Module):
 class TemporalSelfAttention(Attention):
     """Self-attention over the frame axis for every pixel (official ``VersatileAttention``).
 
-    Input and output: ``(batch·frames, pixels, C)``. The position encoding is added to the (already
-    LayerNorm-ed) input before q, k and v; attention runs through diffusers' SDPA processor.
+    Input and output: ``(sequences, frames, C)``, one sequence per pixel of each video (the
+    official ``(b f) d c -> (b d) f c`` rearrangement is done once per module by
+    :class:`TemporalModule`). The position encoding is added to the (already LayerNorm-ed) input
+    before q, k and v; attention runs through diffusers' SDPA processor.
     """
 
     def __init__(self, channels: int, heads: int) -> None:
@@ -57,18 +59,13 @@ class TemporalSelfAttention(Attention):
         )
         self.pos_encoder = PositionalEncoding(channels)
 
-    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:  # type: ignore[override]
-        bf, pixels, channels = hidden_states.shape
-        batch = bf // num_frames
-        x = hidden_states.view(batch, num_frames, pixels, channels).transpose(1, 2)
-        x = x.reshape(batch * pixels, num_frames, channels)
-        x = super().forward(self.pos_encoder(x))
-        x = x.view(batch, pixels, num_frames, channels).transpose(1, 2)
-        return x.reshape(bf, pixels, channels)
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(self.pos_encoder(hidden_states))
 
 
 class TemporalTransformerBlock(nn.Module):
-    """Two temporal self-attentions (pre-LayerNorm, residual) and a GEGLU feed-forward."""
+    """Two temporal self-attentions (pre-LayerNorm, residual) and a GEGLU feed-forward, on
+    ``(sequences, frames, C)`` (every op but attention is per token, so the layout is free)."""
 
     def __init__(self, channels: int, heads: int) -> None:
         super().__init__()
@@ -77,9 +74,9 @@ class TemporalTransformerBlock(nn.Module):
         self.ff = FeedForward(channels, activation_fn="geglu")
         self.ff_norm = nn.LayerNorm(channels)
 
-    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         for attention, norm in zip(self.attention_blocks, self.norms, strict=True):
-            hidden_states = attention(norm(hidden_states), num_frames) + hidden_states
+            hidden_states = attention(norm(hidden_states)) + hidden_states
         return self.ff(self.ff_norm(hidden_states)) + hidden_states
 
 
@@ -89,6 +86,13 @@ class TemporalModule(nn.Module):
     Input and output: latents-like features ``(batch·frames, C, H, W)`` with frames contiguous per
     video (frame-major inside each video). ``num_frames`` is the window length (16 officially; any
     length ≤ 24 works). The output adds the module's result to its input (official residual).
+
+    Layout: after the GroupNorm the features are transposed once to ``(batch·H·W, frames, C)``, where
+    ``proj_in``, the block and ``proj_out`` (all per token but the frame attention) run, and the result
+    is added back in the input's NCHW layout — the official code rearranges around each of the two
+    attentions instead (same values; the full-size benchmark, ``benchmarks/fullscale.py``, measures
+    the difference). The sum keeps the input's contiguous layout so that the next ResNet's
+    convolutions do not switch to channels-last.
     """
 
     def __init__(self, channels: int, heads: int = 8, groups: int = 32) -> None:
@@ -102,11 +106,11 @@ class TemporalModule(nn.Module):
         bf, channels, height, width = hidden_states.shape
         if bf % num_frames:
             raise ValueError(f"batch {bf} is not a multiple of num_frames={num_frames}")
-        x = self.norm(hidden_states)
-        x = x.permute(0, 2, 3, 1).reshape(bf, height * width, channels)
+        batch, pixels = bf // num_frames, height * width
+        x = self.norm(hidden_states).view(batch, num_frames, channels, pixels)
+        x = x.permute(0, 3, 1, 2).reshape(batch * pixels, num_frames, channels)
         x = self.proj_in(x)
         for block in self.transformer_blocks:
-            x = block(x, num_frames)
-        x = self.proj_out(x)
-        x = x.reshape(bf, height, width, channels).permute(0, 3, 1, 2)
-        return x + hidden_states
+            x = block(x)
+        x = self.proj_out(x).view(batch, pixels, num_frames, channels).permute(0, 2, 3, 1)
+        return (hidden_states.view(batch, num_frames, channels, pixels) + x).view(bf, channels, height, width)

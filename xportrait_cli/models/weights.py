@@ -57,6 +57,7 @@ __all__ = [
     "DEFAULT_LANDMARK_URL",
     "LANDMARK_FILES",
     "DTYPES",
+    "CUDA_DTYPE",
     "ProgressCallback",
     "WeightItem",
     "WeightsReport",
@@ -80,6 +81,10 @@ DEFAULT_LANDMARK_URL = "https://www.adrianbulat.com/downloads/python-fan"
 LANDMARK_FILES = {"fan": "2DFAN4-11f355bf06.pth.tar", "s3fd": "s3fd-619a316812.pth"}
 #: ``--dtype`` choices: name -> bytes per element of the converted weights.
 DTYPES = {"fp16": 2, "bf16": 2, "fp32": 4}
+#: The CUDA precision, one truth: what ``download-weights`` converts to by default and what
+#: ``animate --dtype auto`` runs on CUDA, so the default folder loads without a cast. fp16 as the
+#: official fp16 autocast (spec §3.7); every CUDA card runs it (bf16 needs Ampere or newer).
+CUDA_DTYPE = "fp16"
 #: Converted-folder / approximate sizes used by ``--dry-run`` when a server gives no size.
 APPROX_CHECKPOINT_BYTES = 12_300_000_000
 MANIFEST_NAME = "weights.json"
@@ -582,7 +587,7 @@ def download_weights(
     landmarks: bool = True,
     landmark_url: str | None = None,
     convert: bool = True,
-    dtype: str = "fp16",
+    dtype: str = CUDA_DTYPE,
     model_dir: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
     progress: ProgressCallback | None = None,
@@ -769,7 +774,7 @@ def check_weights(
     revision: str = DEFAULT_REVISION,
     landmarks: bool = True,
     convert: bool = True,
-    dtype: str = "fp16",
+    dtype: str = CUDA_DTYPE,
     model_dir: str | os.PathLike[str] | None = None,
     progress: ProgressCallback | None = None,
 ) -> WeightsReport:
