@@ -188,7 +188,11 @@ def animate_command(
     driving: Annotated[Path, typer.Argument(help="Driving video (or a single image).")],
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Output MP4 (default: <portrait>--<driving>.mp4 here)."),
+        typer.Option(
+            "-o",
+            "--output",
+            help="Output .mp4, or an existing folder (default: <portrait>--<driving>.mp4 here).",
+        ),
     ] = None,
     model: Annotated[Path | None, typer.Option(help=help_text("model"), envvar="XPORTRAIT_MODEL")] = None,
     model_config: Annotated[Path | None, typer.Option(help=help_text("model_config"))] = None,
@@ -213,7 +217,7 @@ def animate_command(
     decode_chunk_size: Annotated[int | None, typer.Option(help=help_text("decode_chunk_size"))] = None,
     offload: Annotated[str | None, typer.Option(help=help_text("offload"))] = None,
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help=help_text("compile"))] = None,
-    crop: Annotated[bool | None, typer.Option("--crop/--no-crop", help=help_text("crop"))] = None,
+    crop: Annotated[str | None, typer.Option(help=help_text("crop"))] = None,
     paste_back: Annotated[
         bool | None, typer.Option("--paste-back/--no-paste-back", help=help_text("paste_back"))
     ] = None,
@@ -233,7 +237,7 @@ def animate_command(
     """Animate PORTRAIT with the motion of DRIVING and write an MP4 (audio kept, resumable)."""
     from xportrait_cli.config import resolve_options
     from xportrait_cli.jobs import JobSpec, run_job
-    from xportrait_cli.jobs.spec import default_output
+    from xportrait_cli.jobs.spec import output_path
     from xportrait_cli.progress import choose_mode, make_sink
 
     flags = dict(
@@ -263,7 +267,7 @@ def animate_command(
     )
     _log_to_stderr("WARNING")
     options = resolve_options(flags, preset=preset)
-    spec = JobSpec(portrait, driving, (output or default_output(portrait, driving)).absolute(), options)
+    spec = JobSpec(portrait, driving, output_path(output, portrait, driving), options)
     with make_sink(choose_mode(quiet=quiet, json_lines=json_lines)) as sink:
         run_job(spec, sink, force=force, keep_work=keep_work)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -68,6 +70,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             if "mmap" not in str(exc):
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) pickle
+    except pickle.UnpicklingError as exc:  # weights_only refused a global: the file holds code
+        raise InputError(
+            f"{path}: holds code objects ({_refused_global(exc)}) and will not be loaded",
+            "use the official checkpoint from `xportrait download-weights`, or a .safetensors file",
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any reader failure means "not a checkpoint"
         raise InputError(
             f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})".splitlines()[0],
@@ -79,6 +86,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{path}: not a state dict of tensors", "pass the X-Portrait checkpoint (model_state-415001.th)"
         )
     return state_dict
+
+
+def _refused_global(exc: pickle.UnpicklingError) -> str:
+    """The global a ``weights_only`` load refused (e.g. ``posix.system``), without PyTorch's advice."""
+    found = re.search(r"unsupported GLOBAL (\S+)", str(exc))
+    return f"global {found.group(1)}" if found else "not plain tensors"
 
 
 def _official_state_dict(checkpoint: Checkpoint) -> Mapping[str, torch.Tensor]:
