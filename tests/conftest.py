@@ -61,6 +61,18 @@ def tiny_networks(golden: Path, tiny_config: Path):
     return load_networks(golden / "tiny_xportrait.th", config=tiny_config)
 
 
+def cli_env(cwd: Path) -> dict:
+    """Environment of a console-script subprocess: one thread, a private home, and this checkout's
+    package first on the path (not whichever copy the venv installed)."""
+    return {
+        "OMP_NUM_THREADS": "1",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(cwd),
+        "XPORTRAIT_HOME": str(cwd / ".home"),
+        "PYTHONPATH": str(ROOT),
+    }
+
+
 def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     """Run the console script's ``main()`` in-process with ``args``: (exit code, stdout, stderr)."""
     from xportrait_cli import cli

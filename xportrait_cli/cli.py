@@ -145,6 +145,7 @@ def inspect_command(
         0, "--frames", help="Number of driving frames, 0 = all (official out_frames)."
     ),
     stride: int = typer.Option(1, "--stride", help="Use every n-th driving frame (official skip)."),
+    crop: str = typer.Option("auto", "--crop", help=help_text("crop")),
 ) -> None:
     """Run only the preprocessing stage: landmarks, best frame, alignment and eye/mouth patches.
 
@@ -153,6 +154,7 @@ def inspect_command(
     """
     import json
 
+    from xportrait_cli.config import resolve_options
     from xportrait_cli.face.landmarks import make_detector
     from xportrait_cli.inspect import inspect_inputs
 
@@ -167,12 +169,16 @@ def inspect_command(
         num_frames=frames,
         stride=stride,
         output=output,
+        crop=resolve_options({"crop": crop}).crop,
     )
     if json_output:
         typer.echo(json.dumps(result.to_json()))
     else:
         faces = sum(f["face"] for f in result.frames)
-        summary = f"portrait: face found ({detector.name})"
+        found = "face found" if result.portrait_landmarks is not None else "no face (no alignment)"
+        summary = f"portrait: {found} ({detector.name})"
+        if result.cropped:
+            summary += f"; cropped: {', '.join(result.cropped)}"
         if driving is not None:
             summary += (
                 f"; driving: face in {faces}/{len(result.frames)} frames; best frame {result.best_frame}"

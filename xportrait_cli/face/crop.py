@@ -755,7 +755,7 @@ def _needs_crop(path: Path, mode: str) -> tuple[bool, tuple[int, int]]:
 
 def crop_inputs(
     portrait: Path,
-    driving: Path,
+    driving: Path | None,
     work_dir: Path,
     *,
     mode: str,
@@ -773,13 +773,15 @@ def crop_inputs(
     one) is used uncropped, with a warning. Returns (portrait, driving, the portrait's
     :class:`CropInfo` or ``None`` when it was not cropped). Raises
     :class:`~xportrait_cli.errors.NoFaceError` (hint: ``--crop off``) for a driving video without a
-    face, or a portrait without one under ``on``.
+    face, or a portrait without one under ``on``. ``driving`` may be ``None`` (a portrait alone).
     """
     from xportrait_cli.events import Log
 
-    used = {"portrait": Path(portrait), "driving": Path(driving)}
+    used = {"portrait": Path(portrait), "driving": None if driving is None else Path(driving)}
     info = None
     for name, source in used.items():
+        if source is None:
+            continue
         crop, (width, height) = _needs_crop(source, mode)
         if not crop:
             continue

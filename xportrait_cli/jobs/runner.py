@@ -304,7 +304,7 @@ def _run_locked(spec, fingerprint, work, events, cache, model, after_step) -> Jo
         detector = make_detector(opts.landmarks, device="cuda" if device.type == "cuda" else "cpu")
         events(Log("info", f"landmarks: {detector.name}", job=job))
         portrait, driving, crop = crop_inputs(
-            spec.portrait, spec.driving, work, mode=opts.crop, size=opts.size, detector=detector,
+            spec.portrait, spec.driving, work, mode=opts.crop, size=max(opts.size, 512), detector=detector,
             events=events, job=job,
         )  # fmt: skip
         portrait_landmarks, best_frame, warning = portrait_for_alignment(
