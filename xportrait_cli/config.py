@@ -364,10 +364,10 @@ def _as_path(name: str, value: Any) -> Path:
 
 
 def _as_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if name in ("batch_guidance", "offload", "crop") and isinstance(
-        value, bool
-    ):  # YAML 1.1 reads on/off as bools
+    if name in ("batch_guidance", "offload") and isinstance(value, bool):  # YAML 1.1 reads on/off as bools
         value = "on" if value else "off"
+    if name == "crop" and str(value).strip().lower() in (_TRUE | _FALSE) - {"on", "off"}:
+        value = "on" if str(value).strip().lower() in _TRUE else "off"  # a bool (the old --crop flag)
     if not isinstance(value, str):
         raise _bad(name, value, f"must be one of {', '.join(choices)}")
     text = value.strip().lower()

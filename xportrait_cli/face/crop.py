@@ -746,10 +746,10 @@ def _needs_crop(path: Path, mode: str) -> tuple[bool, tuple[int, int]]:
         info = probe_video(path)
         size = (info.width, info.height)
     else:
-        from PIL import Image, ImageOps
+        from xportrait_cli.image import load_image
 
-        with Image.open(path) as im:
-            size = ImageOps.exif_transpose(im).size
+        height, width = load_image(path).shape[:2]
+        size = (width, height)
     return mode == "on" or (mode == "auto" and size[0] != size[1]), size
 
 
@@ -780,7 +780,7 @@ def crop_inputs(
     used = {"portrait": Path(portrait), "driving": None if driving is None else Path(driving)}
     info = None
     for name, source in used.items():
-        if source is None:
+        if source is None or mode == "off":
             continue
         crop, (width, height) = _needs_crop(source, mode)
         if not crop:
