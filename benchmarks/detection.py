@@ -9,8 +9,8 @@ variant made from its frames in memory, prints the share of frames where a face 
 - ``+track``: then the predictor in the previous frame's box (what ``prepare_driving`` uses);
 
 and the seconds per frame of the full search. Variants: ``original``; ``pad 9:16`` (edge-padded
-above and below to a 9:16 portrait frame, as a phone clip); ``scale 0.5`` (shrunk to half, centred
-on black at the original size: a small face); ``rotate 20`` (in-plane, edges replicated);
+above and below to a 9:16 portrait frame, as a phone clip); ``scale 0.5``, ``scale 0.3`` (shrunk, centred
+on black at the original size: a small face); ``rotate 20``, ``rotate 30`` (in-plane, edges replicated);
 ``darken`` (×0.35 brightness, gamma 1.5).
 
 Usage: ``python benchmarks/detection.py [--frames 60] [--stride 2]``
@@ -40,11 +40,13 @@ def pad_9_16(frame: np.ndarray) -> np.ndarray:
     return cv2.copyMakeBorder(frame, extra // 3, extra - extra // 3, 0, 0, cv2.BORDER_REPLICATE)
 
 
-def scale_half(frame: np.ndarray) -> np.ndarray:
+def scale(frame: np.ndarray, k: float) -> np.ndarray:
     h, w = frame.shape[:2]
-    small = cv2.resize(frame, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    sw, sh = round(w * k), round(h * k)
+    small = cv2.resize(frame, (sw, sh), interpolation=cv2.INTER_AREA)
     out = np.zeros_like(frame)
-    out[h // 4 : h // 4 + h // 2, w // 4 : w // 4 + w // 2] = small
+    y, x = (h - sh) // 2, (w - sw) // 2
+    out[y : y + sh, x : x + sw] = small
     return out
 
 
@@ -61,8 +63,10 @@ def darken(frame: np.ndarray) -> np.ndarray:
 VARIANTS = {
     "original": lambda f: f,
     "pad 9:16": pad_9_16,
-    "scale 0.5": scale_half,
+    "scale 0.5": lambda f: scale(f, 0.5),
+    "scale 0.3": lambda f: scale(f, 0.3),
     "rotate 20": rotate,
+    "rotate 30": lambda f: rotate(f, 30.0),
     "darken": darken,
 }
 
@@ -93,9 +97,8 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=2)
     args = parser.parse_args()
     det = DlibDetector()
-    print(
-        f"{'clip':24} {'variant':10} {'size':>9} {'official':>8} {'+own':>6} {'+cnn':>6} {'+track':>6} {'s/frame':>8}"
-    )
+    columns = ("official", "+own", "+cnn", "+track", "s/frame")
+    print(f"{'clip':24} {'variant':10} {'size':>9} " + " ".join(f"{c:>8}" for c in columns))
     for clip in CLIPS:
         with VideoReader(SHARED / "media" / clip) as reader:
             idx = select_frames(len(reader), 0, args.frames, args.stride)
@@ -104,10 +107,8 @@ def main() -> None:
             made = [make(f) for f in frames]
             (official, own, cnn, track), sec = rates(made, det)
             size = f"{made[0].shape[1]}x{made[0].shape[0]}"
-            print(
-                f"{clip:24} {name:10} {size:>9} {official:8.1%} {own:6.1%} {cnn:6.1%} {track:6.1%} {sec:8.2f}",
-                flush=True,
-            )
+            shares = " ".join(f"{v:8.1%}" for v in (official, own, cnn, track))
+            print(f"{clip:24} {name:10} {size:>9} {shares} {sec:8.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,10 @@ landmark boxes, ``cv2.warpAffine`` defaults, local patches from landmarks 43–4
 
 Deviations, on purpose: landmarks are found once per frame on the unaligned frame and carried
 through the (scale + translation) affine for the patches, instead of being found again on the
-aligned frame; frames without a face are filled by interpolation (the official code crashed);
+aligned frame; where the official 256² copy shows no face, a second search runs
+(:func:`xportrait_cli.face.landmarks.find_landmarks`: dlib on the frame at its own aspect, its CNN
+detector, tracking from the previous frame) and its landmarks are mapped into that copy's pixels;
+frames still without a face are filled by interpolation (the official code crashed);
 ``best_frame = -1`` searches the selected frames only; frames are stored as uint8 after the warp
 (≤ ½ grey level from the official float64 hint); the official ``out_frames = -1`` quirk (last frame
 dropped) is not reproduced.
