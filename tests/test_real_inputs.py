@@ -209,3 +209,19 @@ def test_a_disk_that_fills_up_keeps_the_last_checkpoint_and_removes_partial_file
     assert leftovers == [] and not [p for p in disk.iterdir() if "incomplete" in p.name]
     filler.unlink()
     assert run_job(spec).resumed_from == 1 and not spec.work_dir.exists()
+
+
+def test_tracking_from_the_previous_frame_finds_a_face_the_detectors_miss(media):
+    from xportrait_cli.video.reader import VideoReader
+
+    det = DlibDetector()
+    with VideoReader(media / "talking_aac.mp4") as reader:
+        before, frame = reader.read([49, 50])
+    dark = (frame * 0.12).astype(np.uint8)  # too dark for HOG and the CNN detector
+    assert det.detect(dark) is None and det.detect_missed(dark, None) is None
+    near = det.detect(before)
+    tracked = det.detect_missed(dark, near, cnn=False)
+    assert tracked is not None
+    truth = det.detect(frame)  # what HOG finds on the frame before it was darkened
+    size = float((truth.max(0) - truth.min(0)).max())
+    assert np.abs(tracked - truth).mean() < 0.1 * size  # measured 13 px for a 200 px face
