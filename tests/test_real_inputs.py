@@ -225,3 +225,22 @@ def test_tracking_from_the_previous_frame_finds_a_face_the_detectors_miss(media)
     truth = det.detect(frame)  # what HOG finds on the frame before it was darkened
     size = float((truth.max(0) - truth.min(0)).max())
     assert np.abs(tracked - truth).mean() < 0.1 * size  # measured 13 px for a 200 px face
+
+
+def test_inspect_crops_what_animate_crops_and_crop_enters_the_fingerprint(
+    tmp_path, golden, media, phone_clip
+):
+    report = inspect_inputs(
+        media / "xportrait_source.png", phone_clip, detector=DlibDetector(), num_frames=10, crop="auto"
+    )
+    assert report.cropped == ["driving"] and report.to_json()["cropped"] == ["driving"]
+    assert np.mean([f["face"] for f in report.frames]) == 1.0
+    spec = tiny_spec(golden, media, tmp_path / "out.mp4")
+    digests = {
+        mode: job_fingerprint(
+            type(spec)(spec.portrait, spec.driving, spec.output, spec.options.replace(crop=mode)),
+            spec.options.model,
+        )["digest"]
+        for mode in ("auto", "on", "off")
+    }
+    assert len(set(digests.values())) == 3  # changing --crop re-runs a finished job
