@@ -244,3 +244,27 @@ def test_inspect_crops_what_animate_crops_and_crop_enters_the_fingerprint(
         for mode in ("auto", "on", "off")
     }
     assert len(set(digests.values())) == 3  # changing --crop re-runs a finished job
+
+
+def test_a_clip_without_faces_pauses_the_slow_second_search(tmp_path):
+    import cv2
+
+    from xportrait_cli.framestore import SECOND_SEARCH_MISSES
+    from xportrait_cli.video.writer import write_video
+
+    rng = np.random.default_rng(1)
+    frames = np.stack(
+        [cv2.GaussianBlur(rng.integers(0, 255, (320, 320, 3), dtype=np.uint8), (0, 0), 5) for _ in range(16)]
+    )
+    clip = write_video(tmp_path / "texture.mp4", frames, 25)
+
+    class Counting(DlibDetector):
+        calls = 0
+
+        def detect_missed(self, frame, near=None, cnn=True):
+            Counting.calls += 1
+            return super().detect_missed(frame, near, cnn)
+
+    with pytest.raises(NoFaceError, match="texture.mp4"):
+        prepare_driving(clip, None, tmp_path / "store", size=64, best_frame=-2, detector=Counting())
+    assert Counting.calls == SECOND_SEARCH_MISSES < 16

@@ -61,6 +61,10 @@ from xportrait_cli.video.reader import VideoReader, select_frames
 
 __all__ = ["FrameStore", "prepare_driving", "STORE_VERSION"]
 
+#: Consecutive frames without a face after which the (slow, ~5 s a frame) second landmark search
+#: pauses until the first search finds a face again: a clip without faces fails in minutes, not hours.
+SECOND_SEARCH_MISSES = 12
+
 log = logging.getLogger(__name__)
 
 STORE_VERSION = 1
@@ -315,14 +319,15 @@ def prepare_driving(
     total = 2 * n
     try:
         # 1. decode in batches -> official resize to S (uint8) into the memmap; landmarks at 256 px
-        done, second, near = 0, 0, None
+        done, second, near, misses = 0, 0, None, 0
         for chunk, batch in reader.iter_batches(indices, batch_size):
             for j, frame in enumerate(batch):
                 i = done + j
                 frames[i] = (
                     frame if frame.shape[:2] == (size, size) else to_uint8(resize_official(frame, size))
                 )
-                lmk, again = find_landmarks(frame, detector, near)
+                lmk, again = find_landmarks(frame, detector, near, second=misses < SECOND_SEARCH_MISSES)
+                misses = 0 if lmk is not None else misses + 1
                 if lmk is not None:
                     raw[i], found[i], near = lmk, True, lmk
                     second += again

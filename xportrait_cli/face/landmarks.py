@@ -305,7 +305,7 @@ def _to_256(points: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def find_landmarks(
-    frame: np.ndarray, detector: LandmarkDetector, near: np.ndarray | None = None
+    frame: np.ndarray, detector: LandmarkDetector, near: np.ndarray | None = None, second: bool = True
 ) -> tuple[np.ndarray | None, bool]:
     """Landmarks of one frame in pixels of its official squashed 256² copy, with a second search.
 
@@ -313,14 +313,14 @@ def find_landmarks(
     256² scale, or ``None``. First ``detector.detect`` on :func:`~xportrait_cli.image.landmark_input`
     (the official input; frames found there keep the official landmarks); where that finds nothing
     and the detector has a ``detect_missed`` method (dlib: the frame at its own aspect, the CNN
-    detector, tracking from ``near``), that. Returns ((68, 2) float32 or ``None``, whether the
-    second search found it).
+    detector, tracking from ``near``), that, unless ``second`` is False. Returns ((68, 2) float32
+    or ``None``, whether the second search found it).
     """
     from xportrait_cli.image import landmark_input
 
     lmk = detector.detect(landmark_input(frame))
     retry = getattr(detector, "detect_missed", None)
-    if lmk is not None or retry is None:
+    if lmk is not None or retry is None or not second:
         return lmk, False
     h, w = frame.shape[:2]
     back = None
