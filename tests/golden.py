@@ -6,7 +6,12 @@ Runs every check a golden case file defines against the official implementation'
 and, when the case holds sampling steps, the whole sampler end to end with the injected randomness
 (window plan, averaged eps, latents and pred_x0 after every step, final latents, decoded images and
 uint8 frames). The case JSON names its tensor file (``tensors_file``), weights (``checkpoint``,
-``model_config``, relative to the JSON) and thresholds (``acceptance``).
+``model_config``, relative to the JSON) and thresholds (``acceptance``). The sampling options of
+cases c1–c3 (``../shared/golden/options``) are honoured: ``initial_facevid2vid_results`` (initial
+latents from ``inputs/init_frames``, checked at ``vae/init_posterior_*`` and ``lat/init_z``),
+``control_mode`` (``controlnet_important``, else ``motion-guidance``) and ``wonoise`` (False: the
+reference noise ``rand/ref_noise_step{K}_window{J}`` injected in ``draw_order``; each window's
+``ref_noisy`` checked).
 
 Prints one JSON object ``{"case", "ok", "checks": {name: {"max_abs_error", "tolerance", "ok"}}}``
 and exits 0 only if every check is within tolerance.
@@ -25,7 +30,7 @@ from safetensors.torch import load_file
 
 from xportrait_cli.models import load_networks
 from xportrait_cli.pipeline import RandomDraws, TensorFrames, XPortraitPipeline
-from xportrait_cli.pipeline.schedule import alphas_cumprod
+from xportrait_cli.pipeline.schedule import alphas_cumprod, q_sample_coefficients
 from xportrait_cli.pipeline.windows import window_plan
 
 
@@ -133,6 +138,7 @@ def end_to_end_checks(networks, case: dict, tensors: dict, batch_guidance: bool,
         init_eps=tensors["rand/init_eps"],
         ref_posterior_noise=tensors["rand/ref_posterior_noise"],
         offsets=[int(o) for o in tensors["rand/offsets"]],
+        injected_reference_noise=_reference_noise(case, tensors),
     )
     frames = TensorFrames(tensors["inputs/conditions"], tensors["inputs/local"])
     n = len(frames)
@@ -145,7 +151,18 @@ def end_to_end_checks(networks, case: dict, tensors: dict, batch_guidance: bool,
     report.add(
         "vae/source_posterior_std", std, tensors["vae/source_posterior_std"], acc["single_network_atol"]
     )
-    x_t = pipe.prepare_latents(mean, std, draws, schedule)
+    init_frames = None
+    if case.get("initial_facevid2vid_results"):
+        init_frames = InitTensor(tensors["inputs/init_frames"])
+        init_mean, init_std = pipe.encode_init_frames(init_frames, n)
+        for name, value in (("mean", init_mean), ("std", init_std)):
+            key = f"vae/init_posterior_{name}"
+            report.add(key, value, tensors[key], acc["single_network_atol"])
+        z = networks.scale_factor * (init_mean + init_std * draws.init_posterior_noise)
+        report.add("lat/init_z", z, tensors["lat/init_z"], _latent_tol(acc, tensors["lat/init_z"]))
+        x_t = pipe.prepare_latents(init_mean, init_std, draws, schedule)
+    else:
+        x_t = pipe.prepare_latents(mean, std, draws, schedule)
     report.add("lat/x_T", x_t, tensors["lat/x_T"], _latent_tol(acc, tensors["lat/x_T"]))
     ref = pipe.reference_latents(mean, std, draws.ref_posterior_noise)
     report.add(
@@ -165,6 +182,9 @@ def end_to_end_checks(networks, case: dict, tensors: dict, batch_guidance: bool,
             expected = tensors[f"step{k}/{name}"]
             report.add(f"step{k}/{name}", state[key], expected, _latent_tol(acc, expected))
 
+    noised = not case.get("wonoise", True)
+    if noised:
+        _check_noisy_references(networks, case, tensors, ref, acc, report)
     out = pipe(
         tensors["inputs/source"],
         frames,
@@ -173,6 +193,9 @@ def end_to_end_checks(networks, case: dict, tensors: dict, batch_guidance: bool,
         num_mix=case["num_mix"],
         reference_mode="per-frame",
         batch_guidance=batch_guidance,
+        init_frames=init_frames,
+        control_mode=_control_mode(case),
+        noised_reference=noised,
         draws=draws,
         callback_on_step_end=on_step,
         output_type="latent",
@@ -194,14 +217,58 @@ def end_to_end_checks(networks, case: dict, tensors: dict, batch_guidance: bool,
     )
 
 
+class InitTensor:
+    """Init frames held in memory, ``(N, 3, S, S)`` in [-1, 1] (the :class:`InitFrames` protocol)."""
+
+    def __init__(self, frames: torch.Tensor) -> None:
+        self.tensor = frames
+
+    def __len__(self) -> int:
+        return self.tensor.shape[0]
+
+    def frames(self, indices) -> torch.Tensor:
+        return self.tensor[list(indices)]
+
+
+def _control_mode(case: dict) -> str:
+    """The official ``control_mode`` in our spelling: any value but ``controlnet_important`` takes the
+    other path (golden case c2)."""
+    official = case.get("control_mode", "controlnet_important")
+    return "controlnet-important" if official == "controlnet_important" else "motion-guidance"
+
+
+def _reference_noise(case: dict, tensors: dict) -> dict[tuple[int, int], torch.Tensor]:
+    """The per-window reference draws of ``draw_order`` (``rand/ref_noise_step{K}_window{J}``)."""
+    found = {}
+    for draw in case.get("draw_order", []):
+        key = draw.get("stored_as") or ""
+        if key.startswith("rand/ref_noise_step"):
+            step, window = key.removeprefix("rand/ref_noise_step").split("_window")
+            found[(int(step), int(window))] = tensors[key]
+    return found
+
+
+def _check_noisy_references(networks, case, tensors, ref, acc, report: Report) -> None:
+    """``step{K}/window{J}/ref_noisy`` = q_sample(ref_latents[indices], t) with the injected noise."""
+    schedule = alphas_cumprod()
+    for (k, j), noise in _reference_noise(case, tensors).items():
+        t = case["timesteps_in_sampling_order"][k]
+        c1, c2 = q_sample_coefficients(schedule, t)
+        indices = [int(i) for i in case["windows_per_step"][k][j]]
+        expected = tensors[f"step{k}/window{j}/ref_noisy"]
+        report.add(f"step{k}/window{j}/ref_noisy", c1 * ref[indices] + c2 * noise, expected,
+                   _latent_tol(acc, expected))  # fmt: skip
+
+
 def _latent_tol(acceptance: dict, expected: torch.Tensor) -> float:
     return max(acceptance["latents_atol"], acceptance["latents_rtol_of_max"] * expected.abs().max().item())
 
 
-def run_case(case_path: Path, batch_guidance: bool = False) -> dict:
-    """Run every check of one case file; returns the report as a JSON-able dict."""
+def run_case(case_path: Path, batch_guidance: bool = False, case: dict | None = None) -> dict:
+    """Run every check of one case file; returns the report as a JSON-able dict. ``case`` replaces
+    the file's JSON (tests change one option to show the checks catch it)."""
     case_path = Path(case_path).resolve()
-    case = json.loads(case_path.read_text())
+    case = case if case is not None else json.loads(case_path.read_text())
     tensors = load_file(str(case_path.parent / case["tensors_file"]))
     config = case.get("model_config")
     networks = load_networks(

@@ -15,9 +15,9 @@ import golden  # noqa: E402
 
 
 def golden_cases(shared_dir: Path) -> list[Path]:
-    return sorted(
-        p for p in (shared_dir / "golden").glob("*.json") if "tensors_file" in json.loads(p.read_text())
-    )
+    """Case A and the option cases c1–c3 (``options/``): every JSON that names a tensor file."""
+    found = [*(shared_dir / "golden").glob("*.json"), *(shared_dir / "golden" / "options").glob("*.json")]
+    return sorted(p for p in found if "tensors_file" in json.loads(p.read_text()))
 
 
 def pytest_generate_tests(metafunc):
@@ -40,8 +40,16 @@ def test_checker_cli_passes_every_case(case_path, shared):
     report = json.loads(run.stdout)
     failed = {k: v for k, v in report["checks"].items() if not v["ok"]}
     assert run.returncode == 0 and report["ok"], failed
-    # the case defines component and end-to-end checks; all of them ran
-    assert {"comp_a/eps", "comp_c2/eps", "comp_d/decoded", "final/frames_uint8"} <= report["checks"].keys()
+    # the case's component checks (case A only) and end-to-end checks all ran
+    case = json.loads(case_path.read_text())
+    expected = {"final/frames_uint8", "step3/eps_avg"}
+    if "comp_a/eps" in case["tensors"]:
+        expected |= {"comp_a/eps", "comp_c2/eps", "comp_d/decoded"}
+    if case.get("initial_facevid2vid_results"):
+        expected |= {"vae/init_posterior_mean", "lat/init_z"}
+    if not case.get("wonoise", True):
+        expected |= {f"step{k}/window{j}/ref_noisy" for k in range(4) for j in range(2)}
+    assert expected <= report["checks"].keys()
     assert report["checks"]["final/latents"]["max_abs_error"] < 2e-4
 
 
@@ -52,10 +60,23 @@ def test_batched_guidance_keeps_parity(case_path, shared):
     assert report["ok"], {k: v for k, v in report["checks"].items() if not v["ok"]}
 
 
+def test_each_option_case_fails_without_its_option(shared):
+    """c1–c3 are not vacuous: run as case A (option off), each one's final latents are off."""
+    options = shared / "golden" / "options"
+    for name, off in (
+        ("case_c1", {"initial_facevid2vid_results": False}),
+        ("case_c2", {"control_mode": "controlnet_important"}),
+        ("case_c3", {"wonoise": True}),
+    ):
+        case = {**json.loads((options / f"{name}.json").read_text()), **off}
+        report = golden.run_case(options / f"{name}.json", case=case)
+        assert not report["checks"]["final/latents"]["ok"], name
+
+
 def test_checker_fails_on_a_broken_network(case_path, shared, tmp_path, monkeypatch):
     """The checker is not vacuous: a wrong motion-module position table is caught."""
-    if case_path is None:
-        pytest.skip("no golden case files")
+    if case_path is None or "comp_a/eps" not in json.loads(case_path.read_text())["tensors"]:
+        pytest.skip("no golden case with component checks")
     import xportrait_cli.models.motion_module as mm
 
     monkeypatch.setattr(mm.PositionalEncoding, "forward", lambda self, x: x)  # drop the position encoding

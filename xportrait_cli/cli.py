@@ -61,6 +61,11 @@ def download_weights_command(
     ),
     check: bool = typer.Option(False, "--check", help="Report what is present and valid; download nothing."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List sizes and targets; download nothing."),
+    lcm_lora: bool = typer.Option(
+        False,
+        "--lcm-lora",
+        help="Also fetch the experimental LCM-LoRA (latent-consistency/lcm-lora-sdv1-5), for preset lcm.",
+    ),
 ) -> None:
     """Download and verify the X-Portrait checkpoint and the landmark weights, then convert it.
 
@@ -120,6 +125,11 @@ def download_weights_command(
         if item.detail:
             err_console.print(f"  {item.name}: {item.detail}", markup=False)
     typer.echo(f"model\t{'ok' if report.model_path else 'missing'}\t-\t{report.model_path or '-'}")
+    if lcm_lora and not check and not dry_run:
+        from xportrait_cli.models.lora import download_lcm_lora
+
+        path = download_lcm_lora(cache_dir=cache_dir)
+        typer.echo(f"lcm-lora\tok\t{path.stat().st_size}\t{path}")
     if not report.ok:
         bad = ", ".join(f"{i.name} ({i.status})" for i in report.items if not i.ok)
         raise WeightsMissingError(f"missing or invalid: {bad}", hint="run `xportrait download-weights`")
@@ -230,6 +240,19 @@ def animate_command(
     comparison: Annotated[
         bool | None, typer.Option("--comparison/--no-comparison", help=help_text("comparison"))
     ] = None,
+    init_video: Annotated[Path | None, typer.Option(help=help_text("init_video"))] = None,
+    control_mode: Annotated[str | None, typer.Option(help=help_text("control_mode"))] = None,
+    noised_reference: Annotated[
+        bool | None,
+        typer.Option("--noised-reference/--clean-reference", help=help_text("noised_reference")),
+    ] = None,
+    guidance_interval: Annotated[
+        tuple[float, float] | None,
+        typer.Option(metavar="LO HI", help=help_text("guidance_interval")),
+    ] = None,
+    lora: Annotated[str | None, typer.Option(metavar="PATH|REPO", help=help_text("lora"))] = None,
+    lora_scale: Annotated[float | None, typer.Option(help=help_text("lora_scale"))] = None,
+    scheduler: Annotated[str | None, typer.Option(help=help_text("scheduler"))] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Redo the job even if a finished output or checkpoint matches.")
     ] = False,
@@ -270,6 +293,13 @@ def animate_command(
         crop=crop,
         paste_back=paste_back,
         comparison=comparison,
+        init_video=init_video,
+        control_mode=control_mode,
+        noised_reference=noised_reference,
+        guidance_interval=guidance_interval,
+        lora=lora,
+        lora_scale=lora_scale,
+        scheduler=scheduler,
     )
     _log_to_stderr("WARNING")
     options = resolve_options(flags, preset=preset)

@@ -43,6 +43,8 @@ from xportrait_cli.errors import UsageError
 WINDOW_FRAMES = 16
 #: Training timesteps of the SD-1.5 DDPM schedule.
 TRAIN_TIMESTEPS = 1000
+#: Most steps of the lcm scheduler (it picks its steps from 50 "original" ones).
+LCM_MAX_STEPS = 50
 #: The top-level ``presets`` folder of the product layout (beside the package, not inside it).
 
 
@@ -264,6 +266,48 @@ class AnimateOptions:
     comparison: bool = _opt(
         False, "Also write a side-by-side video: portrait | driving | result.", flag="--comparison"
     )
+    init_video: Path | None = _opt(
+        None,
+        "Build the initial latents from this video's frames instead of the portrait (official "
+        "--initial_facevid2vid_results), e.g. a LivePortrait result of the same portrait and driving "
+        "clip: same --start/--frames/--stride selection, resized to --size; needs at least as many "
+        "frames as the driving selection.",
+        flag="--init-video",
+    )
+    control_mode: str = _opt(
+        "controlnet-important",
+        "What the unconditional pass sees: controlnet-important (nothing: guidance amplifies appearance "
+        "and motion; official default) or motion-guidance (the reference and mid-grey zero hints too: "
+        "guidance amplifies only the motion; official 'balance').",
+        flag="--control-mode",
+        choices=("controlnet-important", "motion-guidance"),
+    )
+    noised_reference: bool = _opt(
+        False,
+        "Noise the reference latents to each step's timestep, a fresh draw per window (official "
+        "--wonoise flag); in shared reference mode one noisy reference per window.",
+        flag="--noised-reference",
+    )
+    guidance_interval: tuple[float, float] = _opt(
+        (0.0, 1.0),
+        "Guide only the steps whose position in the schedule (0 = first, 1 = last) lies in LO..HI; the "
+        "others run one pass (Kynkaanniemi et al. 2024). Default 0 1: every step, as officially.",
+        flag="--guidance-interval",
+    )
+    lora: str | None = _opt(
+        None,
+        "LoRA for the main UNet (diffusers/PEFT or kohya .safetensors, a folder, or a Hugging Face "
+        "repo id such as latent-consistency/lcm-lora-sdv1-5). Experimental.",
+        flag="--lora",
+    )
+    lora_scale: float = _opt(1.0, "Strength of --lora (0 = no effect).", flag="--lora-scale")
+    scheduler: str = _opt(
+        "ddim",
+        f"Sampler: ddim (official) or lcm (diffusers LCMScheduler, for an LCM-LoRA: S steps, "
+        f"S <= {LCM_MAX_STEPS}). Experimental.",
+        flag="--scheduler",
+        choices=("ddim", "lcm"),
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -272,6 +316,12 @@ class AnimateOptions:
             raise UsageError(
                 "invalid paste_back (--paste-back) with crop off",
                 "use --crop auto or on, or drop --paste-back",
+            )
+        if self.scheduler == "lcm" and self.num_inference_steps > LCM_MAX_STEPS:
+            raise UsageError(
+                f"invalid num_inference_steps (--steps) {self.num_inference_steps} with --scheduler lcm: "
+                f"at most {LCM_MAX_STEPS}",
+                "LCM needs few steps: 4-8",
             )
 
     def replace(self, **changes: Any) -> AnimateOptions:
@@ -371,6 +421,8 @@ def _as_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if not isinstance(value, str):
         raise _bad(name, value, f"must be one of {', '.join(choices)}")
     text = value.strip().lower()
+    if name == "control_mode":
+        text = text.replace("_", "-")
     if name == "device":
         if _DEVICE_RE.match(text):
             return text
@@ -381,12 +433,34 @@ def _as_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     raise _bad(name, value, f"must be one of {', '.join(choices)}", hint)
 
 
+def _as_interval(name: str, value: Any) -> tuple[float, float]:
+    """Two numbers ``0 <= lo <= hi <= 1``: a sequence, or a string ``"0.2 0.8"`` / ``"0.2,0.8"``."""
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    if not isinstance(value, Sequence) or len(value) != 2:
+        raise _bad(name, value, "must be two numbers LO HI", "e.g. 0 1 (every step) or 0.2 0.8")
+    lo, hi = (_as_float(name, v) for v in value)
+    if not 0 <= lo <= hi <= 1:
+        raise _bad(name, value, "must satisfy 0 <= LO <= HI <= 1", "0 1 guides every step")
+    return (lo, hi)
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Coerce and validate one option value; raise :class:`UsageError` naming option and value."""
     f = _FIELDS[name]
     choices = f.metadata["choices"]
-    if name in ("model", "model_config"):
+    if name in ("model", "model_config", "init_video"):
         return None if value is None else _as_path(name, value)
+    if name == "lora":
+        if value is None:
+            return None
+        if isinstance(value, os.PathLike) or (isinstance(value, str) and value.strip()):
+            return os.path.expanduser(os.fspath(value).strip())
+        raise _bad(name, value, "must be a file path or a Hugging Face repo id")
+    if name == "guidance_interval":
+        return _as_interval(name, value)
+    if name == "lora_scale":
+        return _as_float(name, value)
     if name == "reference":
         if value is None:
             return ()
@@ -547,12 +621,21 @@ def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
         raise UsageError(f"preset {shown} must be a mapping of option: value", "see presets/default.yaml")
     options = normalize_options({k: v for k, v in data.items() if k not in PRESET_META_KEYS}, str(shown))
     base = path.resolve().parent
-    for name in ("model", "model_config"):
+    for name in ("model", "model_config", "init_video"):
         if name in options and not options[name].is_absolute():
             options[name] = base / options[name]
+    if "lora" in options:
+        options["lora"] = local_or_hub(options["lora"], base)
     if "reference" in options:
         options["reference"] = tuple(p if p.is_absolute() else base / p for p in options["reference"])
     return options
+
+
+def local_or_hub(lora: str, base: Path) -> str:
+    """A relative ``lora`` that names an existing file or folder under ``base`` becomes that absolute
+    path; anything else (absolute paths, Hugging Face repo ids) is kept as written."""
+    candidate = base / lora
+    return str(candidate) if not Path(lora).is_absolute() and candidate.exists() else lora
 
 
 def resolve_options(
@@ -596,6 +679,6 @@ def options_to_dict(options: AnimateOptions, *, output_only: bool = False) -> di
         if isinstance(value, Path):
             value = str(value)
         elif isinstance(value, tuple):
-            value = [str(v) for v in value]
+            value = [str(v) if isinstance(v, Path) else v for v in value]
         out[name] = value
     return out

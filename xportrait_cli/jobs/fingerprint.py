@@ -47,10 +47,11 @@ def weights_identity(model: Path) -> dict[str, Any]:
     return {"kind": "file", "name": model.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def job_fingerprint(spec: JobSpec, model: Path) -> dict[str, Any]:
-    """The fingerprint of ``spec`` with weights ``model``; ``["digest"]`` is its SHA-256."""
+def job_fingerprint(spec: JobSpec, model: Path, lora_file: Path | None = None) -> dict[str, Any]:
+    """The fingerprint of ``spec`` with weights ``model`` (and ``--lora`` resolved to ``lora_file``);
+    ``["digest"]`` is its SHA-256. Input files count by content (an init video and a LoRA too)."""
     options = options_to_dict(spec.options, output_only=True)
-    for path_option in ("model", "reference", "model_config"):
+    for path_option in ("model", "reference", "model_config", "init_video", "lora"):
         options.pop(path_option, None)
     opts = spec.options
     body = {
@@ -59,6 +60,8 @@ def job_fingerprint(spec: JobSpec, model: Path) -> dict[str, Any]:
         "driving": file_digest(spec.driving),
         "references": [file_digest(r) for r in opts.reference],
         "model_config": file_digest(opts.model_config) if opts.model_config else None,
+        "init_video": file_digest(opts.init_video) if opts.init_video else None,
+        "lora": file_digest(lora_file) if lora_file else None,
         "weights": weights_identity(model),
         "options": options,
     }

@@ -15,7 +15,8 @@ shared ``portrait`` or ``driving``. Precedence, highest first: job > manifest de
 built-in defaults (:func:`xportrait_cli.config.resolve_options`).
 
 Paths: relative input paths (``portrait``, ``driving``, ``reference``, ``model``,
-``model_config``) are relative to the manifest's folder (stdin: the current directory). A relative
+``model_config``, ``init_video``, and ``lora`` when such a file exists; otherwise ``lora`` is a
+Hugging Face repo id) are relative to the manifest's folder (stdin: the current directory). A relative
 ``output`` is relative to ``output_dir`` when given, else to the manifest's folder. The default
 output is ``<portrait-stem>--<driving-stem>.mp4`` in ``output_dir`` or beside the manifest.
 
@@ -45,6 +46,7 @@ import yaml
 from xportrait_cli.config import (
     canonical_key,
     load_preset,
+    local_or_hub,
     normalize_options,
     resolve_options,
 )
@@ -63,7 +65,7 @@ FORMATS: dict[str, tuple[str, ...]] = {
 }
 #: Separator of several ``reference`` paths in one CSV cell.
 CSV_LIST_SEPARATOR = ";"
-_PATH_OPTIONS = ("model", "model_config")
+_PATH_OPTIONS = ("model", "model_config", "init_video")
 
 
 class ManifestError(UsageError):
@@ -360,6 +362,8 @@ def _split(
             options[name] = _anchor(options[name], base)
     if "reference" in options:
         options["reference"] = tuple(_anchor(p, base) for p in options["reference"])
+    if "lora" in options:  # a repo id stays as written
+        options["lora"] = local_or_hub(options["lora"], base)
     return fields, options
 
 
@@ -402,6 +406,7 @@ def _input_problem(spec: JobSpec, where: str) -> InputError | None:
     inputs += [("reference portrait", r) for r in opts.reference]
     inputs += [("model", opts.model)] if opts.model is not None else []
     inputs += [("model config", opts.model_config)] if opts.model_config is not None else []
+    inputs += [("init video", opts.init_video)] if opts.init_video is not None else []
     hint = f"check the path in {where}"
     for label, path in inputs:
         if not path.exists():

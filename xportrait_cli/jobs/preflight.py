@@ -51,8 +51,9 @@ def check_inputs(spec: JobSpec) -> Inputs:
 
     The portrait and the reference portraits must decode (:func:`xportrait_cli.image.load_image`),
     the driving video must have a video stream with at least one frame
-    (:func:`xportrait_cli.video.reader.probe_video`), every side must be 16–16384 px and the output
-    folder must exist. Raises :class:`~xportrait_cli.errors.InputError` with one line naming the file.
+    (:func:`xportrait_cli.video.reader.probe_video`; so must ``--init-video``), every side must be
+    16–16384 px and the output folder must exist. Raises
+    :class:`~xportrait_cli.errors.InputError` with one line naming the file.
     """
     from xportrait_cli.image import load_image
 
@@ -60,6 +61,7 @@ def check_inputs(spec: JobSpec) -> Inputs:
         ("portrait", spec.portrait),
         ("driving video", spec.driving),
         *(("reference portrait", r) for r in spec.options.reference),
+        *((("init video", spec.options.init_video),) if spec.options.init_video else ()),
     ):
         if not path.exists():
             raise InputError(f"{path}: {label} not found", "check the path")
@@ -79,6 +81,8 @@ def check_inputs(spec: JobSpec) -> Inputs:
         sizes[path] = (width, height)
     info = probe_video(spec.driving)
     _check_side(spec.driving, "driving video", info.width, info.height)
+    if spec.options.init_video is not None:
+        probe_video(spec.options.init_video)
     return Inputs(sizes[spec.portrait], info)
 
 

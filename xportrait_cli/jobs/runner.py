@@ -59,7 +59,7 @@ from xportrait_cli.pipeline.memory import (
     plan_memory,
     release_cached_memory,
 )
-from xportrait_cli.pipeline.schedule import official_timesteps
+from xportrait_cli.pipeline.schedule import sampling_timesteps
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +117,21 @@ class NetworksCache:
         device: torch.device,
         dtype: torch.dtype,
         compile: bool = False,
+        lora: tuple[Path, float] | None = None,
     ) -> XPortraitNetworks:
         """The networks for these settings, loaded on first use (into CPU memory, or where the last
         :meth:`place` put them). ``compile`` wraps the denoising networks (main UNet, appearance net,
-        ControlNets) with ``torch.compile`` (``Module.compile``)."""
-        key = (str(model), str(config), str(device), str(dtype), compile)
+        ControlNets) with ``torch.compile`` (``Module.compile``); ``lora`` is a (file, scale) for the
+        main UNet (:func:`xportrait_cli.models.lora.load_lora`)."""
+        key = (str(model), str(config), str(device), str(dtype), compile, str(lora))
         if key != self._key:
             self._networks = None  # free the previous model first
             release_cached_memory(self._device)
             networks = load_networks(model, config=config, device="cpu", dtype=dtype)
+            if lora is not None:
+                from xportrait_cli.models.lora import load_lora
+
+                load_lora(networks.unet.unet, *lora)
             if compile:
                 for name in ("unet", "reference_unet", "pose_controlnet", "local_controlnet"):
                     getattr(networks, name).compile()
@@ -218,7 +224,8 @@ def run_job(
     job = spec.label
     inputs = check_inputs(spec)
     model = model_path(spec)
-    fingerprint = job_fingerprint(spec, model)
+    lora = _lora_file(spec)
+    fingerprint = job_fingerprint(spec, model, lora_file=lora)
     digest = fingerprint["digest"]
 
     if _finished(spec, digest, force, events):
@@ -238,7 +245,7 @@ def run_job(
         try:
             work = _work_dir(spec, fingerprint, force, events)
             result = _run_locked(
-                spec, fingerprint, work, events, networks or NetworksCache(), model, after_step
+                spec, fingerprint, work, events, networks or NetworksCache(), model, after_step, lora
             )
         except Exception as exc:
             _after_failure(spec, work, exc, needed)
@@ -289,7 +296,16 @@ def _work_dir(spec: JobSpec, fingerprint: dict, force: bool, events: EventSink) 
     return work
 
 
-def _run_locked(spec, fingerprint, work, events, cache, model, after_step) -> JobResult:
+def _lora_file(spec: JobSpec) -> Path | None:
+    """The ``--lora`` file (a path, or the hub cache's copy of a repo id), or None."""
+    if spec.options.lora is None:
+        return None
+    from xportrait_cli.models.lora import resolve_lora
+
+    return resolve_lora(spec.options.lora)
+
+
+def _run_locked(spec, fingerprint, work, events, cache, model, after_step, lora=None) -> JobResult:
     from xportrait_cli.face.crop import crop_inputs
     from xportrait_cli.face.landmarks import make_detector, portrait_for_alignment
     from xportrait_cli.framestore import prepare_driving
@@ -336,7 +352,8 @@ def _run_locked(spec, fingerprint, work, events, cache, model, after_step) -> Jo
             )
 
     # 3. denoise
-    networks = cache.get(model, opts.model_config, device, dtype, opts.compile)
+    lora_scaled = (lora, opts.lora_scale) if lora is not None else None
+    networks = cache.get(model, opts.model_config, device, dtype, opts.compile, lora_scaled)
     plan = plan_memory(
         ModelSize.of(networks),
         size=opts.size,
@@ -350,7 +367,15 @@ def _run_locked(spec, fingerprint, work, events, cache, model, after_step) -> Jo
         events(Log("info", f"memory plan: {plan.describe()}", job=job))
     source = _portrait_tensor(portrait, opts.size)
     references = [_portrait_tensor(r, opts.size) for r in opts.reference]
-    total_steps = len(official_timesteps(opts.num_inference_steps))
+    total_steps = len(sampling_timesteps(opts.num_inference_steps, opts.scheduler))
+    init_frames = None
+    if opts.init_video is not None:
+        from xportrait_cli.video.init_video import open_init_video
+
+        init_frames = open_init_video(
+            opts.init_video, size=opts.size, needed=len(store), start=opts.start,
+            num_frames=opts.frames, stride=opts.stride,
+        )  # fmt: skip
     resume = load_checkpoint(work, digest)
     if resume:
         events(Log("info", f"resumed {job} from step {resume[1]} of {total_steps}", job=job))
@@ -377,6 +402,11 @@ def _run_locked(spec, fingerprint, work, events, cache, model, after_step) -> Jo
                     reference_mode=opts.reference_mode,
                     references=references,
                     batch_guidance=plan.batch_guidance,
+                    init_frames=init_frames,
+                    control_mode=opts.control_mode,
+                    noised_reference=opts.noised_reference,
+                    guidance_interval=opts.guidance_interval,
+                    scheduler=opts.scheduler,
                     latents=latents,
                     start_step=start_step,
                     callback_on_step_end=on_step,
@@ -388,6 +418,9 @@ def _run_locked(spec, fingerprint, work, events, cache, model, after_step) -> Jo
                 step = resume[1] if resume else 0
                 message = f"out of memory at step {step + 1}: going on with {plan.describe()}"
                 events(Log("warning", message, job=job))
+
+    if init_frames is not None:
+        init_frames.close()
 
     # 4. decode + write
     from xportrait_cli.video.writer import VideoWriter

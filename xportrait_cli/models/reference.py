@@ -61,6 +61,11 @@ class ReferenceBank:
             merged.append(torch.cat([a.expand(rows, -1, -1), b.expand(rows, -1, -1)], dim=1))
         return ReferenceBank(tokens=merged)
 
+    def repeat_rows(self, times: int) -> ReferenceBank:
+        """The bank for a batch of ``times`` stacked copies of its reading rows (a batch of 1 stays
+        1: it is broadcast)."""
+        return ReferenceBank(tokens=[t if t.shape[0] == 1 else t.repeat(times, 1, 1) for t in self.tokens])
+
     def start_reading(self, skip_rows: int = 0) -> None:
         """Make the main UNet's next forward read the bank from its first entry."""
         self.reading, self.skip_rows, self._cursor = True, skip_rows, 0

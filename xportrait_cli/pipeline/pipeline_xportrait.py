@@ -4,11 +4,14 @@ Official source: ``DDIMSampler_ReferenceOnly`` and ``test_xportrait.py`` (spec �
 
 1. check inputs;
 2. encode the source once (VAE posterior mean and std) and the reference latents;
-3. prepare latents: ``x_T = sqrt(ᾱ999)·z + sqrt(1-ᾱ999)·ε`` with one posterior sample ``z`` per frame;
+3. prepare latents: ``x_T = sqrt(ᾱ999)·z + sqrt(1-ᾱ999)·ε`` with one posterior sample ``z`` per frame
+   of the source, or of an init video's frames (official ``--initial_facevid2vid_results``);
 4. denoise: at each timestep, windows of 16 frames (random offset, circular), classifier-free
-   guidance ``eps_u + scale·(eps_c - eps_u)`` per window, uniform average per frame, one DDIM update
-   of all N frames; the ControlNets run once per frame per step (:class:`ControlResiduals`: frames
-   shared by overlapping windows reuse their residuals);
+   guidance ``eps_u + scale·(eps_c - eps_u)`` per window (:mod:`.guidance`: control mode, steps
+   without guidance), uniform average per frame, one DDIM (or LCM) update of all N frames; the
+   ControlNets run once per frame per step (:class:`ControlResiduals`: frames shared by overlapping
+   windows reuse their residuals); the reference latents optionally noised per window
+   (official ``wonoise=False``);
 5. decode in chunks.
 
 Conditioning is read per window from a frame source (:class:`ConditioningFrames`: the prepared
@@ -29,9 +32,10 @@ import torch
 
 from xportrait_cli.models.networks import XPortraitNetworks
 from xportrait_cli.models.reference import ReferenceBank
+from xportrait_cli.pipeline.guidance import CONTROL_MODES, FULL_INTERVAL, check_interval, is_guided
 from xportrait_cli.pipeline.memory import release_cached_memory
 from xportrait_cli.pipeline.randomness import RandomDraws
-from xportrait_cli.pipeline.schedule import make_scheduler, official_timesteps
+from xportrait_cli.pipeline.schedule import make_sampler, q_sample_coefficients, sampling_timesteps
 from xportrait_cli.pipeline.windows import WINDOW, last_positions, window_plan
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,16 @@ class ConditioningFrames(Protocol):
     def global_hints(self, indices: Sequence[int]) -> torch.Tensor: ...
 
     def local_hints(self, indices: Sequence[int]) -> torch.Tensor: ...
+
+
+class InitFrames(Protocol):
+    """Frames the initial latents are built from instead of the portrait (official
+    ``--initial_facevid2vid_results``): ``frames(indices)`` returns ``(n, 3, S, S)`` float32 in
+    [-1, 1], read on demand (the pipeline asks for 16 at a time)."""
+
+    def __len__(self) -> int: ...
+
+    def frames(self, indices: Sequence[int]) -> torch.Tensor: ...
 
 
 @dataclass
@@ -186,7 +200,7 @@ class XPortraitPipeline:
     # 1. Check inputs
     @staticmethod
     def check_inputs(
-        source, frames, num_inference_steps, guidance_scale, num_mix, reference_mode, draws
+        source, frames, num_inference_steps, guidance_scale, num_mix, reference_mode, draws, scheduler="ddim"
     ) -> None:
         """Validate the call's arguments; raises ``ValueError`` naming the argument and its value."""
         if source.ndim != 4 or source.shape[:2] != (1, 3):
@@ -198,14 +212,14 @@ class XPortraitPipeline:
             )
         if len(frames) < 1:
             raise ValueError("frames must hold at least one driving frame")
-        official_timesteps(num_inference_steps)
+        timesteps = sampling_timesteps(num_inference_steps, scheduler)
         if not 0 <= num_mix < WINDOW:
             raise ValueError(f"num_mix must be in [0, {WINDOW}), got {num_mix}")
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         if reference_mode not in REFERENCE_MODES:
             raise ValueError(f"reference_mode must be one of {REFERENCE_MODES}, got {reference_mode!r}")
-        if draws is not None and len(draws.offsets) < len(official_timesteps(num_inference_steps)):
+        if draws is not None and len(draws.offsets) < len(timesteps):
             raise ValueError("draws.offsets must hold one offset per denoising step")
 
     # 2. Encode source
@@ -222,25 +236,55 @@ class XPortraitPipeline:
         scale = self.networks.scale_factor
         return scale * (mean if noise is None else mean + std * noise.to(mean.device))
 
+    def encode_init_frames(
+        self, init_frames: InitFrames, num_frames: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior ``(mean, std)`` ``(N, 4, h, w)`` on the CPU of the first ``num_frames`` init frames,
+        encoded 16 at a time (official chunking).
+
+        Raises:
+            ValueError: ``init_frames`` holds fewer than ``num_frames`` frames.
+        """
+        if len(init_frames) < num_frames:
+            raise ValueError(f"init_frames holds {len(init_frames)} frames, {num_frames} needed")
+        means, stds = [], []
+        for start in range(0, num_frames, WINDOW):
+            mean, std = self.encode_posterior(
+                init_frames.frames(range(start, min(start + WINDOW, num_frames)))
+            )
+            means.append(mean.cpu())
+            stds.append(std.cpu())
+        return torch.cat(means), torch.cat(stds)
+
     # 3. Prepare latents
     def prepare_latents(self, mean, std, draws: RandomDraws, alphas_cumprod: torch.Tensor) -> torch.Tensor:
         """``x_T`` ``(N, 4, h, w)`` float32 on the CPU: each frame's posterior sample noised to t = 999
         (q_sample)."""
         mean, std = mean.cpu(), std.cpu()
         z = self.networks.scale_factor * (mean + std * draws.init_posterior_noise)
-        a = alphas_cumprod[999].double()
-        c1, c2 = a.sqrt().float(), (1 - a).sqrt().float()
+        c1, c2 = q_sample_coefficients(alphas_cumprod, 999)
         return c1 * z + c2 * draws.init_eps
 
     # 4. Denoise (ControlNets, per frame)
     @torch.no_grad()
     def control_residuals(
-        self, latents: torch.Tensor, timestep: int, frames: ConditioningFrames, indices: Sequence[int]
+        self,
+        latents: torch.Tensor,
+        timestep: int,
+        frames: ConditioningFrames,
+        indices: Sequence[int],
+        zero_hint: bool = False,
     ) -> Residuals:
         """Summed global + local ControlNet residuals of frames ``indices`` (one row each), from all N
-        ``latents`` and the frames' hints; only these frames' hints are read."""
+        ``latents`` and the frames' hints; only these frames' hints are read. ``zero_hint``: both hints
+        are 0.0 (mid-grey), the unconditional input of ``motion-guidance``; no hint is read."""
         x = latents[list(indices)].to(self.device, self.dtype)
         t = torch.full((x.shape[0],), timestep, device=self.device, dtype=torch.long)
+        if zero_hint:
+            hint = torch.zeros(
+                (x.shape[0], 3, x.shape[2] * 8, x.shape[3] * 8), device=self.device, dtype=self.dtype
+            )
+            return self.networks.controlnet_residuals(x, t, hint, hint)
         return self.networks.controlnet_residuals(
             x,
             t,
@@ -258,38 +302,65 @@ class XPortraitPipeline:
         bank: ReferenceBank,
         guidance_scale: float,
         batch_guidance: bool,
+        *,
+        guided: bool = True,
+        uncond_residuals: Residuals | None = None,
     ) -> torch.Tensor:
-        """Guided eps ``(16, 4, h, w)`` float32 for one window (official ``controlnet_important`` mode).
+        """Guided eps ``(16, 4, h, w)`` float32 for one window.
 
         cond: appearance bank + ControlNet ``residuals`` (one row per window frame, from
-        :meth:`control_residuals`) + main UNet; uncond: main UNet with motion modules only.
-        ``batch_guidance`` runs both in one batch of 32 (the uncond rows skip the bank and get zero
-        residuals), else in sequence.
+        :meth:`control_residuals`) + main UNet. uncond (:mod:`.guidance`): main UNet with motion
+        modules only (``controlnet-important``), or, when ``uncond_residuals`` (the zero-hint
+        residuals) are given, also with the bank and those residuals (``motion-guidance``).
+        ``batch_guidance`` runs both in one batch of 32 ``[uncond; cond]``, else in sequence.
+        ``guided=False`` runs the conditional pass alone and returns its eps (scale 1, or a step
+        outside the guidance interval).
         """
         nets = self.networks
         n = latents.shape[0]
         x = latents.to(self.device, self.dtype)
         t = torch.full((n,), timestep, device=self.device, dtype=torch.long)
         down, mid = residuals
+        if not guided:
+            return nets.predict_noise(x, t, num_frames=n, bank=bank, residuals=(down, mid)).float()
+        motion = uncond_residuals is not None
         if batch_guidance:
-            zeros = [torch.zeros_like(r) for r in down]
-            residuals = (
-                [torch.cat([z, r]) for z, r in zip(zeros, down, strict=True)],
-                torch.cat([torch.zeros_like(mid), mid]),
+            u_down, u_mid = (
+                uncond_residuals if motion else ([torch.zeros_like(r) for r in down], torch.zeros_like(mid))
             )
             eps = nets.predict_noise(
                 torch.cat([x, x]),
                 torch.cat([t, t]),
                 num_frames=n,
-                bank=bank,
-                residuals=residuals,
-                skip_rows=n,
+                bank=bank.repeat_rows(2) if motion else bank,
+                residuals=(
+                    [torch.cat([u, r]) for u, r in zip(u_down, down, strict=True)],
+                    torch.cat([u_mid, mid]),
+                ),
+                skip_rows=0 if motion else n,
             ).float()
             eps_uncond, eps_cond = eps[:n], eps[n:]
         else:
             eps_cond = nets.predict_noise(x, t, num_frames=n, bank=bank, residuals=(down, mid)).float()
-            eps_uncond = nets.predict_noise(x, t, num_frames=n).float()
+            if motion:
+                eps_uncond = nets.predict_noise(
+                    x, t, num_frames=n, bank=bank, residuals=uncond_residuals
+                ).float()
+            else:
+                eps_uncond = nets.predict_noise(x, t, num_frames=n).float()
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+
+    def _residual_sources(self, latents, timestep, frames, plan, reuse: bool, motion: bool) -> list:
+        """Per-window residual getters of one step: ``[hints]``, plus ``zero-hint`` for
+        ``motion-guidance``; each reuses rows across windows (:class:`ControlResiduals`) when ``reuse``."""
+        sources = []
+        for zero_hint in (False, True)[: 1 + motion]:
+
+            def compute(indices, zero_hint=zero_hint):
+                return self.control_residuals(latents, timestep, frames, indices, zero_hint)
+
+            sources.append(ControlResiduals(plan, compute) if reuse else compute)
+        return sources
 
     def record_bank(self, references: list[torch.Tensor], timestep: int) -> ReferenceBank:
         """Appearance-net bank for one or more reference latents, concatenated along tokens (§3.5)."""
@@ -341,6 +412,11 @@ class XPortraitPipeline:
         references: Sequence[torch.Tensor] = (),
         batch_guidance: bool = False,
         reuse_controlnet: bool = True,
+        init_frames: InitFrames | None = None,
+        control_mode: str = "controlnet-important",
+        noised_reference: bool = False,
+        guidance_interval: tuple[float, float] = FULL_INTERVAL,
+        scheduler: str = "ddim",
         draws: RandomDraws | None = None,
         latents: torch.Tensor | None = None,
         start_step: int = 0,
@@ -354,8 +430,9 @@ class XPortraitPipeline:
             source: portrait ``(1, 3, S, S)`` float in [-1, 1], S a multiple of 64 (512 as trained).
             frames: N frames of conditioning (:class:`ConditioningFrames`), hints ``(n, 3, S, S)``.
             num_inference_steps: official meaning: timesteps ``arange(0, 1000, 1000 // S) + 1``, so 30
-                gives 31 DDIM steps.
-            guidance_scale: classifier-free guidance scale (official ``uc_scale`` 5).
+                gives 31 DDIM steps (``scheduler="lcm"``: S steps, S <= 50).
+            guidance_scale: classifier-free guidance scale (official ``uc_scale`` 5); at exactly 1
+                the unconditional pass is skipped (same eps up to rounding, half the UNet work).
             num_mix: overlap between consecutive 16-frame windows (official 4).
             seed: source of every draw when ``draws`` is None (see :mod:`.randomness`).
             reference_mode: ``"shared"`` (reference net once per step at batch 1 from the posterior
@@ -366,6 +443,20 @@ class XPortraitPipeline:
             reuse_controlnet: run the ControlNets once per frame per step, reusing the residuals of
                 frames shared by overlapping windows (:class:`ControlResiduals`; same result). False
                 recomputes them in every window, as officially.
+            init_frames: build the initial latents from these frames (one posterior sample per
+                frame, then q_sample at t = 999 with the same draws) instead of the source; at least
+                N frames, the first N are used. The reference latents still come from the source.
+            control_mode: ``"controlnet-important"`` (official default) or ``"motion-guidance"``
+                (the unconditional pass also gets the reference and zero-hint ControlNets), see
+                :mod:`.guidance`.
+            noised_reference: before each window's calls, replace the reference latents by
+                ``q_sample(ref, t)`` at the step's timestep with a fresh draw per window (official
+                ``wonoise=False``); in ``shared`` reference mode one noisy reference per window (the
+                bank is then recorded per window). Extra ``references`` stay clean.
+            guidance_interval: ``(lo, hi)`` fractions of the schedule: steps outside run without
+                guidance (:func:`.guidance.is_guided`); ``(0, 1)`` guides all, as officially.
+            scheduler: ``"ddim"`` (official) or ``"lcm"`` (diffusers ``LCMScheduler``, for an
+                LCM-LoRA; its per-step noise comes from :meth:`RandomDraws.step_generator`).
             draws: injected randomness (golden replay); overrides ``seed``.
             latents, start_step: resume from latents saved after ``start_step`` completed steps.
             callback_on_step_end: see the class docstring.
@@ -377,10 +468,15 @@ class XPortraitPipeline:
             ValueError: an argument is out of range (named in the message).
         """
         # 1. Check inputs
-        self.check_inputs(source, frames, num_inference_steps, guidance_scale, num_mix, reference_mode, draws)
+        self.check_inputs(
+            source, frames, num_inference_steps, guidance_scale, num_mix, reference_mode, draws, scheduler
+        )
+        if control_mode not in CONTROL_MODES:
+            raise ValueError(f"control_mode must be one of {CONTROL_MODES}, got {control_mode!r}")
+        check_interval(guidance_interval)
         num_frames = len(frames)
-        timesteps = official_timesteps(num_inference_steps)
-        scheduler = make_scheduler(num_inference_steps)
+        timesteps = sampling_timesteps(num_inference_steps, scheduler)
+        sampler = make_sampler(num_inference_steps, scheduler)
         self.interrupt = False
 
         # 2. Encode source (once) and references
@@ -395,8 +491,11 @@ class XPortraitPipeline:
         ]
 
         # 3. Prepare latents
-        if latents is None:
-            latents = self.prepare_latents(mean, std, draws, scheduler.alphas_cumprod)
+        if latents is None and init_frames is not None:
+            init_mean, init_std = self.encode_init_frames(init_frames, num_frames)
+            latents = self.prepare_latents(init_mean, init_std, draws, sampler.alphas_cumprod)
+        elif latents is None:
+            latents = self.prepare_latents(mean, std, draws, sampler.alphas_cumprod)
         latents = latents.to("cpu", torch.float32)  # all N frames stay in CPU memory; windows move
 
         # 4. Denoise
@@ -404,34 +503,50 @@ class XPortraitPipeline:
         for step_index in range(start_step, len(timesteps)):
             timestep = timesteps[step_index]
             plan = window_plan(num_frames, draws.offsets[step_index], num_mix)
-            shared_bank = None if per_frame else self.record_bank(references, timestep)
+            per_window_bank = per_frame or noised_reference
+            shared_bank = None if per_window_bank else self.record_bank(references, timestep)
+            guided = is_guided(step_index, len(timesteps), guidance_scale, guidance_interval)
+            motion = guided and control_mode == "motion-guidance"
             eps_sum = torch.zeros_like(latents)
             counts = torch.zeros(num_frames, device=latents.device)
-
-            def compute(indices, latents=latents, timestep=timestep):
-                return self.control_residuals(latents, timestep, frames, indices)
-
-            controls = ControlResiduals(plan, compute) if reuse_controlnet else compute
-            for indices in plan:
-                if per_frame:
-                    bank = self.record_bank([references[0][indices]] + references[1:], timestep)
+            controls = self._residual_sources(latents, timestep, frames, plan, reuse_controlnet, motion)
+            for window, indices in enumerate(plan):
+                if per_window_bank:
+                    reference = references[0][indices] if per_frame else references[0]
+                    if noised_reference:
+                        noise = draws.reference_noise(step_index, window, tuple(reference.shape))
+                        c1, c2 = q_sample_coefficients(sampler.alphas_cumprod, timestep)
+                        reference = c1 * reference + c2 * noise.to(reference.device)
+                    bank = self.record_bank([reference] + references[1:], timestep)
                 else:
                     bank = shared_bank
                 eps = self.guided_noise(
-                    latents[indices], timestep, controls(indices), bank, guidance_scale, batch_guidance
+                    latents[indices],
+                    timestep,
+                    controls[0](indices),
+                    bank,
+                    guidance_scale,
+                    batch_guidance,
+                    guided=guided,
+                    uncond_residuals=controls[1](indices) if motion else None,
                 )
                 unique, positions = last_positions(indices)
                 eps_sum[unique] += eps[positions].to(eps_sum.device)
                 counts[unique] += 1
             noise_pred = eps_sum / counts.view(-1, 1, 1, 1)
-            out = scheduler.step(noise_pred, timestep, latents)
+            if scheduler == "lcm":
+                out = sampler.step(noise_pred, timestep, latents, generator=draws.step_generator(step_index))
+                pred_original = out.denoised
+            else:
+                out = sampler.step(noise_pred, timestep, latents)
+                pred_original = out.pred_original_sample
             latents = out.prev_sample
             steps_done = step_index + 1
             if callback_on_step_end is not None:
                 state = {
                     "latents": latents,
                     "noise_pred": noise_pred,
-                    "pred_original_sample": out.pred_original_sample,
+                    "pred_original_sample": pred_original,
                     "windows": plan,
                 }
                 update = callback_on_step_end(self, step_index, timestep, state) or {}

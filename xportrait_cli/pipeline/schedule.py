@@ -6,17 +6,25 @@ float64, then cast to float32, as the official LDM buffers. DDIM steps use diffu
 ``alphas_cumprod[0]``) with the official timesteps: ``arange(0, 1000, 1000 // S) + 1`` visited in
 descending order. ``num_inference_steps`` keeps the official meaning, so S = 30 gives **31** steps
 (991, 958, …, 34, 1) and S = 15 gives 16.
+
+``scheduler="lcm"`` (experimental, for an LCM-LoRA) uses diffusers' ``LCMScheduler`` on the same
+``alphas_cumprod``, with its own timestep rule (S steps picked from 50 "original" steps, e.g. S = 4
+gives 999, 759, 499, 259); the initial latents stay the official q_sample at t = 999.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, LCMScheduler
 
 NUM_TRAIN_TIMESTEPS = 1000
 BETA_START = 0.00085
 BETA_END = 0.012
+#: ``scheduler`` values: the official DDIM sampler, or diffusers' LCMScheduler (for an LCM-LoRA).
+SCHEDULERS = ("ddim", "lcm")
+#: LCM picks its steps from this many evenly spaced "original" steps (diffusers' default, as trained).
+LCM_ORIGINAL_STEPS = 50
 
 
 def alphas_cumprod() -> torch.Tensor:
@@ -60,3 +68,51 @@ def make_scheduler(num_inference_steps: int) -> DDIMScheduler:
     scheduler.set_timesteps(num_inference_steps)
     scheduler.timesteps = torch.tensor(official_timesteps(num_inference_steps), dtype=torch.long)
     return scheduler
+
+
+def q_sample_coefficients(alphas_cumprod: torch.Tensor, timestep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sqrt(ᾱ_t), sqrt(1 - ᾱ_t))`` as float32 scalars (square roots in float64, then cast, as the
+    official ``sqrt_alphas_cumprod`` buffers) for ``q_sample(x, t) = c1·x + c2·ε``."""
+    a = alphas_cumprod[timestep].double()
+    return a.sqrt().float(), (1 - a).sqrt().float()
+
+
+def lcm_scheduler(num_inference_steps: int) -> LCMScheduler:
+    """diffusers' ``LCMScheduler`` on the official ``alphas_cumprod``, timesteps set for S steps.
+
+    Raises:
+        ValueError: S outside ``1..LCM_ORIGINAL_STEPS``.
+    """
+    if not 1 <= num_inference_steps <= LCM_ORIGINAL_STEPS:
+        raise ValueError(
+            f"num_inference_steps must be in 1..{LCM_ORIGINAL_STEPS} with the lcm scheduler, "
+            f"got {num_inference_steps}"
+        )
+    scheduler = LCMScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+        beta_start=BETA_START,
+        beta_end=BETA_END,
+        beta_schedule="scaled_linear",
+        original_inference_steps=LCM_ORIGINAL_STEPS,
+        clip_sample=False,
+        set_alpha_to_one=True,
+    )
+    scheduler.alphas_cumprod = alphas_cumprod()
+    scheduler.set_timesteps(num_inference_steps)
+    return scheduler
+
+
+def sampling_timesteps(num_inference_steps: int, scheduler: str = "ddim") -> list[int]:
+    """The timesteps a run visits, in sampling order: :func:`official_timesteps` for ``"ddim"``,
+    the ``LCMScheduler`` rule for ``"lcm"``. Raises ``ValueError`` for a bad S or scheduler."""
+    if scheduler == "ddim":
+        return official_timesteps(num_inference_steps)
+    if scheduler == "lcm":
+        return [int(t) for t in lcm_scheduler(num_inference_steps).timesteps]
+    raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+
+
+def make_sampler(num_inference_steps: int, scheduler: str = "ddim") -> DDIMScheduler | LCMScheduler:
+    """The scheduler object of a run: :func:`make_scheduler` (DDIM) or :func:`lcm_scheduler`."""
+    sampling_timesteps(num_inference_steps, scheduler)  # validates
+    return make_scheduler(num_inference_steps) if scheduler == "ddim" else lcm_scheduler(num_inference_steps)
