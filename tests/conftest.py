@@ -61,6 +61,18 @@ def tiny_networks(golden: Path, tiny_config: Path):
     return load_networks(golden / "tiny_xportrait.th", config=tiny_config)
 
 
+def cli_env(cwd: Path) -> dict:
+    """Environment of a console-script subprocess: one thread, a private home, and this checkout's
+    package first on the path (not whichever copy the venv installed)."""
+    return {
+        "OMP_NUM_THREADS": "1",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(cwd),
+        "XPORTRAIT_HOME": str(cwd / ".home"),
+        "PYTHONPATH": str(ROOT),
+    }
+
+
 def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     """Run the console script's ``main()`` in-process with ``args``: (exit code, stdout, stderr)."""
     from xportrait_cli import cli
@@ -136,3 +148,50 @@ def with_rotation(src: Path, dst: Path, degrees: int) -> Path:
                 packet.stream = stream
                 out.mux(packet)
     return dst
+
+
+def padded_to_9_16(src: Path, dst: Path, frames: int) -> Path:
+    """The first ``frames`` frames of ``src`` edge-padded above and below to a 9:16 portrait frame
+    (a phone clip: 512×512 → 512×910), at ``src``'s frame rate and with its audio."""
+    import cv2
+
+    from xportrait_cli.video.reader import VideoReader
+    from xportrait_cli.video.writer import write_video
+
+    with VideoReader(src) as reader:
+        fps = reader.info.fps
+        clip = reader.read(range(min(frames, len(reader))))
+    h, w = clip.shape[1:3]
+    extra = (round(w * 16 / 9) // 2 * 2) - h
+    tall = [cv2.copyMakeBorder(f, extra // 3, extra - extra // 3, 0, 0, cv2.BORDER_REPLICATE) for f in clip]
+    return write_video(dst, np.stack(tall), fps, audio_source=src)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Mount a tmpfs of the size given to the returned function (``mount -t tmpfs -o size=300k``) on
+    a folder under ``tmp_path``; unmounted afterwards. Skips when mounting is refused (not root)."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        run = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+            capture_output=True,
+            text=True,
+        )
+        if run.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip() or run.returncode}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    import gc
+
+    gc.collect()  # close memory maps of files on it
+    for folder in mounted:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode:
+            subprocess.run(["umount", "--lazy", str(folder)], check=False)  # detached now, freed when closed

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import tiny_spec, with_rotation
+from conftest import cli_env, tiny_spec, with_rotation
 
 from xportrait_cli.jobs import run_job
 from xportrait_cli.jobs.checkpoint import CHECKPOINT_NAME
@@ -38,17 +37,10 @@ def tiny_args(golden):
 
 def xportrait(*args, cwd: Path) -> subprocess.CompletedProcess:
     """The console script, as a user runs it (a subprocess, so exit codes are the real ones)."""
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),  # the children run this tree's package
-        "HOME": str(cwd),
-        "XPORTRAIT_HOME": str(cwd / ".home"),
-    }
     return subprocess.run(
         [sys.executable, "-m", "xportrait_cli", *map(str, args)],
         cwd=cwd,
-        env=env,
+        env=cli_env(cwd),
         capture_output=True,
         text=True,
         timeout=600,
@@ -141,28 +133,55 @@ def _bad_inputs(tmp_path: Path, media: Path) -> dict[str, tuple[Path, Path]]:
     from PIL import Image
 
     Image.fromarray(np.full((256, 256, 3), 128, np.uint8)).save(blank)
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    audio_only = tmp_path / "audio_only.mp4"
+    with av.open(str(media / "talking_aac.mp4")) as inp, av.open(str(audio_only), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.audio[0])
+        for packet in inp.demux(inp.streams.audio[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
     portrait, driving = media / "xportrait_source.png", media / "xportrait_driving.mp4"
     return {
         "missing": (portrait, tmp_path / "nope.mp4"),
         "directory": (portrait, tmp_path),
         "text file named .mp4": (portrait, text),
         "truncated mp4": (portrait, truncated),
-        "no face in the portrait": (blank, driving),
+        "audio-only file": (portrait, audio_only),
+        "empty image": (empty, driving),
+        "no face in the portrait, --best-frame 0": (blank, driving),
     }
 
 
 @pytest.mark.parametrize(
-    "case", ["missing", "directory", "text file named .mp4", "truncated mp4", "no face in the portrait"]
+    "case",
+    [
+        "missing",
+        "directory",
+        "text file named .mp4",
+        "truncated mp4",
+        "audio-only file",
+        "empty image",
+        "no face in the portrait, --best-frame 0",
+    ],
 )
 def test_bad_inputs_exit_1_with_one_line_and_no_output(tmp_path, media, tiny_args, case):
     portrait, driving = _bad_inputs(tmp_path, media)[case]
     out = tmp_path / "out.mp4"
-    run = xportrait("animate", portrait, driving, "-o", out, *tiny_args, cwd=tmp_path)
+    extra = ["--best-frame", "0"] if "best-frame" in case else []
+    run = xportrait("animate", portrait, driving, "-o", out, *tiny_args, *extra, "--json", cwd=tmp_path)
     assert run.returncode == 1, (run.stdout, run.stderr)
     errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr
-    assert str(portrait if case == "no face in the portrait" else driving) in errors[0]
+    assert str(portrait if case.startswith(("no face", "empty")) else driving) in errors[0]
     assert not out.exists() and not list(tmp_path.glob("*.incomplete*"))
+    assert not (tmp_path / "out.mp4.xportrait").exists()  # nothing to resume: no work folder left
+    stages = [e["stage"] for e in map(json.loads, run.stdout.splitlines()) if e["kind"] == "stage_started"]
+    if "no face" in case:
+        assert "--best-frame -2" in errors[0] and "denoise" not in stages
+    else:  # found when the inputs are opened, before any landmark or model work
+        assert stages == []
 
 
 def test_usage_errors_exit_2(tmp_path, media, tiny_args):
@@ -217,12 +236,6 @@ def test_ctrl_c_exits_130_keeps_the_checkpoint_and_writes_nothing(tmp_path, medi
     import signal
 
     out = tmp_path / "out.mp4"
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-        "HOME": str(tmp_path),
-    }
     args = [
         "animate",
         media / "xportrait_source.png",
@@ -246,7 +259,7 @@ def test_ctrl_c_exits_130_keeps_the_checkpoint_and_writes_nothing(tmp_path, medi
     proc = subprocess.Popen(
         [sys.executable, "-m", "xportrait_cli", *map(str, args)],
         cwd=tmp_path,
-        env=env,
+        env=cli_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -277,6 +290,7 @@ def test_crop_and_paste_back_give_a_video_at_the_portrait_resolution(tmp_path, m
         "--frames",
         "8",
         "--crop",
+        "on",
         "--paste-back",
         *tiny_args,
         cwd=tmp_path,

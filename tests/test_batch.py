@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import decoded, json_lines, tiny_defaults, write_manifest
+from conftest import cli_env, decoded, json_lines, tiny_defaults, write_manifest
 from rich.console import Console
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -189,23 +189,13 @@ def test_rich_jobs_bar_and_summary_table(tmp_path, fake):
 # --------------------------------------------------------------------------------------------------
 
 
-def env_for(cwd: Path) -> dict:
-    return {
-        "OMP_NUM_THREADS": "1",
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),  # the children run this tree's package
-        "HOME": str(cwd),
-        "XPORTRAIT_HOME": str(cwd / ".home"),
-    }
-
-
 def command(*args) -> list[str]:
     return [sys.executable, "-m", "xportrait_cli", "batch", *map(str, args)]
 
 
 def xportrait_batch(*args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        command(*args), cwd=cwd, env=env_for(cwd), capture_output=True, text=True, timeout=600
+        command(*args), cwd=cwd, env=cli_env(cwd), capture_output=True, text=True, timeout=600
     )
 
 
@@ -264,7 +254,7 @@ def test_sigkill_then_rerun_resumes_bit_identical(tmp_path, golden, media):
     manifest = write_manifest(tmp_path / "crash.yaml", defaults, [{**pair, "output": "crash.mp4"}])
     out = tmp_path / "crash.mp4"
     proc = subprocess.Popen(
-        command(manifest, "--json"), cwd=tmp_path, env=env_for(tmp_path), stdout=subprocess.PIPE, text=True
+        command(manifest, "--json"), cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE, text=True
     )
     try:
         for line in proc.stdout:
@@ -308,7 +298,7 @@ def test_two_concurrent_batches_do_every_job_exactly_once(tmp_path, golden, medi
         subprocess.Popen(
             command(manifest, "--json"),
             cwd=tmp_path,
-            env=env_for(tmp_path),
+            env=cli_env(tmp_path),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

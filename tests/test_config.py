@@ -39,7 +39,7 @@ def test_builtin_defaults_are_the_official_settings():
         "auto",
     )
     assert (o.decode_chunk_size, o.offload) == (0, "auto")  # automatic: the memory plan decides
-    assert not (o.compile or o.crop or o.paste_back or o.comparison)
+    assert not (o.compile or o.paste_back or o.comparison) and o.crop == "auto"
 
 
 def test_every_option_has_help_and_a_flag():
@@ -142,8 +142,12 @@ def test_values_are_coerced():
 
 def test_paste_back_needs_crop():
     with pytest.raises(UsageError, match="paste_back"):
-        resolve_options({"paste_back": True})
-    assert resolve_options({"paste_back": True, "crop": True}).paste_back
+        resolve_options({"paste_back": True, "crop": "off"})
+    assert resolve_options({"paste_back": True}).paste_back  # crop auto
+    assert resolve_options({"paste_back": True, "crop": True}).crop == "on"  # the old boolean flag
+    assert resolve_options({"crop": False}).crop == "off" and resolve_options({"crop": "no"}).crop == "off"
+    with pytest.raises(UsageError, match="crop"):
+        resolve_options({"crop": "sometimes"})
 
 
 def test_key_spellings_and_aliases():

@@ -34,7 +34,8 @@ def test_inspect_json(media):
     )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert set(data) == {"portrait", "best_frame", "affine", "frames"}
+    assert set(data) == {"portrait", "best_frame", "affine", "frames", "cropped", "warnings"}
+    assert data["cropped"] == [] and data["warnings"] == []  # square inputs, a face: as the official code
     assert data["portrait"]["face"] is True and len(data["portrait"]["landmarks"]) == 68
     assert [f["index"] for f in data["frames"]] == list(range(0, 60, 10))
     assert data["best_frame"] in range(0, 60, 10)
@@ -67,9 +68,10 @@ def test_previews(media, tmp_path):
 def test_failures_are_one_line(media, tmp_path, monkeypatch, capsys):
     blank = tmp_path / "blank.png"
     Image.new("RGB", (256, 256), (128, 128, 128)).save(blank)
-    code, out, err = run_main(monkeypatch, capsys, "inspect", str(blank), "--landmarks", "dlib")
+    args = ["inspect", str(blank), "--landmarks", "dlib", "--best-frame", "0"]
+    code, out, err = run_main(monkeypatch, capsys, *args)
     assert code == 1 and out == ""
-    assert err.count("\n") == 1 and "no face" in err and "blank.png" in err
+    assert err.count("\n") == 1 and "no face" in err and "blank.png" in err and "--best-frame -2" in err
     code, _, err = run_main(
         monkeypatch, capsys, "inspect", str(tmp_path / "missing.png"), "--landmarks", "dlib"
     )

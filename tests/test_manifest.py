@@ -86,7 +86,7 @@ def test_csv_with_header_empty_cells_and_references(files):
     )
     a, b = load_manifest(manifest)
     assert a.where == f"{manifest} row 2" and b.where == f"{manifest} row 3"
-    assert a.spec.options.num_inference_steps == 15 and a.spec.options.crop is True
+    assert a.spec.options.num_inference_steps == 15 and a.spec.options.crop == "on"
     assert a.spec.options.model_config == files / "media/tiny.yaml"
     assert a.spec.options.reference == (files / "media/ref.png", files / "media/other.png")
     assert b.spec.output == files / "other--talk.mp4" and b.spec.options.num_inference_steps == 30
@@ -199,7 +199,7 @@ def test_duplicate_outputs(files):
         ("steps: 27", "invalid num_inference_steps (--steps) 27"),
         ("seed: -1", "invalid seed (--seed) -1"),
         ("landmarks: dilb", "did you mean 'dlib'?"),
-        ("paste_back: true", "paste_back (--paste-back) without crop"),
+        ("paste_back: true, crop: off", "paste_back (--paste-back) with crop off"),
         ("steps: 15, num_inference_steps: 15", "given twice"),
         ("guidance_scale: [1]", "invalid guidance_scale"),
     ],

@@ -157,6 +157,7 @@ def inspect_command(
         0, "--frames", help="Number of driving frames, 0 = all (official out_frames)."
     ),
     stride: int = typer.Option(1, "--stride", help="Use every n-th driving frame (official skip)."),
+    crop: str = typer.Option("auto", "--crop", help=help_text("crop")),
 ) -> None:
     """Run only the preprocessing stage: landmarks, best frame, alignment and eye/mouth patches.
 
@@ -165,6 +166,7 @@ def inspect_command(
     """
     import json
 
+    from xportrait_cli.config import resolve_options
     from xportrait_cli.face.landmarks import make_detector
     from xportrait_cli.inspect import inspect_inputs
 
@@ -179,12 +181,16 @@ def inspect_command(
         num_frames=frames,
         stride=stride,
         output=output,
+        crop=resolve_options({"crop": crop}).crop,
     )
     if json_output:
         typer.echo(json.dumps(result.to_json()))
     else:
         faces = sum(f["face"] for f in result.frames)
-        summary = f"portrait: face found ({detector.name})"
+        found = "face found" if result.portrait_landmarks is not None else "no face (no alignment)"
+        summary = f"portrait: {found} ({detector.name})"
+        if result.cropped:
+            summary += f"; cropped: {', '.join(result.cropped)}"
         if driving is not None:
             summary += (
                 f"; driving: face in {faces}/{len(result.frames)} frames; best frame {result.best_frame}"
@@ -200,7 +206,11 @@ def animate_command(
     driving: Annotated[Path, typer.Argument(help="Driving video (or a single image).")],
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="Output MP4 (default: <portrait>--<driving>.mp4 here)."),
+        typer.Option(
+            "-o",
+            "--output",
+            help="Output .mp4, or an existing folder (default: <portrait>--<driving>.mp4 here).",
+        ),
     ] = None,
     model: Annotated[Path | None, typer.Option(help=help_text("model"), envvar="XPORTRAIT_MODEL")] = None,
     model_config: Annotated[Path | None, typer.Option(help=help_text("model_config"))] = None,
@@ -225,7 +235,7 @@ def animate_command(
     decode_chunk_size: Annotated[int | None, typer.Option(help=help_text("decode_chunk_size"))] = None,
     offload: Annotated[str | None, typer.Option(help=help_text("offload"))] = None,
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help=help_text("compile"))] = None,
-    crop: Annotated[bool | None, typer.Option("--crop/--no-crop", help=help_text("crop"))] = None,
+    crop: Annotated[str | None, typer.Option(help=help_text("crop"))] = None,
     paste_back: Annotated[
         bool | None, typer.Option("--paste-back/--no-paste-back", help=help_text("paste_back"))
     ] = None,
@@ -258,7 +268,7 @@ def animate_command(
     """Animate PORTRAIT with the motion of DRIVING and write an MP4 (audio kept, resumable)."""
     from xportrait_cli.config import resolve_options
     from xportrait_cli.jobs import JobSpec, run_job
-    from xportrait_cli.jobs.spec import default_output
+    from xportrait_cli.jobs.spec import output_path
     from xportrait_cli.progress import choose_mode, make_sink
 
     flags = dict(
@@ -295,7 +305,7 @@ def animate_command(
     )
     _log_to_stderr("WARNING")
     options = resolve_options(flags, preset=preset)
-    spec = JobSpec(portrait, driving, (output or default_output(portrait, driving)).absolute(), options)
+    spec = JobSpec(portrait, driving, output_path(output, portrait, driving), options)
     with make_sink(choose_mode(quiet=quiet, json_lines=json_lines)) as sink:
         run_job(spec, sink, force=force, keep_work=keep_work)
 

@@ -250,15 +250,17 @@ class AnimateOptions:
     compile: bool = _opt(
         False, "torch.compile the networks (slow first run).", flag="--compile", affects_output=False
     )
-    crop: bool = _opt(
-        False,
-        "Detect the face and crop square portrait and driving regions before animating "
-        "(the official code expects pre-cropped square inputs).",
+    crop: str = _opt(
+        "auto",
+        "Crop the portrait and the driving video to a square around the face (one steady box per "
+        "video): auto (only inputs that are not square), on (always) or off (the official resize, "
+        "which squashes a non-square input).",
         flag="--crop",
+        choices=("auto", "on", "off"),
     )
     paste_back: bool = _opt(
         False,
-        "Paste the animated crop back into the full driving frames (needs --crop).",
+        "Paste the animated crop back into the full portrait (needs --crop auto or on).",
         flag="--paste-back",
     )
     comparison: bool = _opt(
@@ -310,9 +312,10 @@ class AnimateOptions:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
-        if self.paste_back and not self.crop:
+        if self.paste_back and self.crop == "off":
             raise UsageError(
-                "invalid paste_back (--paste-back) without crop", "add --crop, or drop --paste-back"
+                "invalid paste_back (--paste-back) with crop off",
+                "use --crop auto or on, or drop --paste-back",
             )
         if self.scheduler == "lcm" and self.num_inference_steps > LCM_MAX_STEPS:
             raise UsageError(
@@ -413,6 +416,8 @@ def _as_path(name: str, value: Any) -> Path:
 def _as_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if name in ("batch_guidance", "offload") and isinstance(value, bool):  # YAML 1.1 reads on/off as bools
         value = "on" if value else "off"
+    if name == "crop" and str(value).strip().lower() in (_TRUE | _FALSE) - {"on", "off"}:
+        value = "on" if str(value).strip().lower() in _TRUE else "off"  # a bool (the old --crop flag)
     if not isinstance(value, str):
         raise _bad(name, value, f"must be one of {', '.join(choices)}")
     text = value.strip().lower()
@@ -647,7 +652,7 @@ def resolve_options(
     set", so pass every Typer option with a ``None`` default. Keys as in :func:`normalize_options`.
 
     Raises :class:`UsageError` for unknown keys, bad values, an unknown preset, or an invalid
-    combination (``paste_back`` without ``crop``).
+    combination (``paste_back`` with ``crop`` off).
     """
     merged: dict[str, Any] = {}
     if preset is not None:

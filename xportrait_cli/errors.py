@@ -56,3 +56,7 @@ class DownloadError(XPortraitError):
 
 class OutOfMemoryPlanError(XPortraitError):
     """The device cannot fit the job even with the smallest batch split and offloading."""
+
+
+class DiskSpaceError(XPortraitError):
+    """The output's file system has, or had, too little free space for the job."""

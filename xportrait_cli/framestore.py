@@ -21,7 +21,10 @@ landmark boxes, ``cv2.warpAffine`` defaults, local patches from landmarks 43–4
 
 Deviations, on purpose: landmarks are found once per frame on the unaligned frame and carried
 through the (scale + translation) affine for the patches, instead of being found again on the
-aligned frame; frames without a face are filled by interpolation (the official code crashed);
+aligned frame; where the official 256² copy shows no face, a second search runs
+(:func:`xportrait_cli.face.landmarks.find_landmarks`: dlib on the frame at its own aspect, its CNN
+detector, tracking from the previous frame) and its landmarks are mapped into that copy's pixels;
+frames still without a face are filled by interpolation (the official code crashed);
 ``best_frame = -1`` searches the selected frames only; frames are stored as uint8 after the warp
 (≤ ½ grey level from the official float64 hint); the official ``out_frames = -1`` quirk (last frame
 dropped) is not reproduced.
@@ -51,12 +54,16 @@ from xportrait_cli.face.alignment import (
     transform_points,
     warp_frame,
 )
-from xportrait_cli.face.landmarks import LandmarkDetector, fill_missing
+from xportrait_cli.face.landmarks import LandmarkDetector, fill_missing, find_landmarks
 from xportrait_cli.face.patches import check_size, local_hints, patch_boxes
-from xportrait_cli.image import LANDMARK_RES, landmark_input, resize_official, to_uint8
+from xportrait_cli.image import LANDMARK_RES, resize_official, to_uint8
 from xportrait_cli.video.reader import VideoReader, select_frames
 
 __all__ = ["FrameStore", "prepare_driving", "STORE_VERSION"]
+
+#: Consecutive frames without a face after which the (slow, ~5 s a frame) second landmark search
+#: pauses until the first search finds a face again: a clip without faces fails in minutes, not hours.
+SECOND_SEARCH_MISSES = 12
 
 log = logging.getLogger(__name__)
 
@@ -312,20 +319,24 @@ def prepare_driving(
     total = 2 * n
     try:
         # 1. decode in batches -> official resize to S (uint8) into the memmap; landmarks at 256 px
-        done = 0
+        done, second, near, misses = 0, 0, None, 0
         for chunk, batch in reader.iter_batches(indices, batch_size):
             for j, frame in enumerate(batch):
                 i = done + j
                 frames[i] = (
                     frame if frame.shape[:2] == (size, size) else to_uint8(resize_official(frame, size))
                 )
-                lmk = detector.detect(landmark_input(frame))
+                lmk, again = find_landmarks(frame, detector, near, second=misses < SECOND_SEARCH_MISSES)
+                misses = 0 if lmk is not None else misses + 1
                 if lmk is not None:
-                    raw[i], found[i] = lmk, True
+                    raw[i], found[i], near = lmk, True, lmk
+                    second += again
             done += len(chunk)
             if on_progress is not None:
                 on_progress(done, total)
         num_found = int(found.sum())
+        if second:
+            log.info("face found by the second search in %d of %d driving frames", second, n)
         if num_found == 0:
             raise NoFaceError(
                 f"no face found in any of the {n} selected frames of {info.path} "
@@ -351,7 +362,7 @@ def prepare_driving(
                 best_abs, best_lmk = best_frame, lmk256[indices.index(best_frame)]
             else:
                 best_abs = best_frame
-                best_lmk = detector.detect(landmark_input(reader.read([best_frame])[0]))
+                best_lmk, _ = find_landmarks(reader.read([best_frame])[0], detector)
                 if best_lmk is None:
                     raise NoFaceError(
                         f"no face in driving frame {best_frame} of {info.path}, chosen as the best frame",

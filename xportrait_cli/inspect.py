@@ -20,8 +20,10 @@ import cv2
 import numpy as np
 
 from xportrait_cli.errors import UsageError
+from xportrait_cli.events import Log
 from xportrait_cli.face.alignment import NO_ALIGNMENT
-from xportrait_cli.face.landmarks import LandmarkDetector, detect_portrait
+from xportrait_cli.face.crop import crop_inputs
+from xportrait_cli.face.landmarks import LandmarkDetector, portrait_for_alignment
 from xportrait_cli.face.patches import patch_boxes
 from xportrait_cli.framestore import FrameStore, prepare_driving
 from xportrait_cli.image import LANDMARK_RES, load_image, resize_official, to_uint8
@@ -50,22 +52,30 @@ class InspectResult:
         frames: one dict per prepared frame: ``index`` (original video frame), ``face`` (detected),
             ``filled`` (landmarks interpolated), ``landmarks`` (68 × [x, y] at 512 px, aligned).
         preview: the preview file written, if any.
+        cropped: the inputs ``--crop`` cropped to the face (``"portrait"``, ``"driving"``).
+        warnings: what ``animate`` would warn about (a portrait without a face: no alignment).
     """
 
-    portrait_landmarks: np.ndarray
+    portrait_landmarks: np.ndarray | None
     best_frame: int | None = None
     affine: np.ndarray | None = None
     frames: list[dict] = field(default_factory=list)
     preview: Path | None = None
+    cropped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         """The ``--json`` object: ``{"portrait": {"face", "landmarks"}, "best_frame", "affine",
-        "frames": [{"index", "face", "filled", "landmarks"}, ...]}``."""
+        "frames": [{"index", "face", "filled", "landmarks"}, ...], "cropped": [...],
+        "warnings": [...]}``; a portrait without a face has ``"face": false, "landmarks": null``."""
+        lmk = self.portrait_landmarks
         return {
-            "portrait": {"face": True, "landmarks": _round(self.portrait_landmarks)},
+            "portrait": {"face": lmk is not None, "landmarks": None if lmk is None else _round(lmk)},
             "best_frame": self.best_frame,
             "affine": None if self.affine is None else np.asarray(self.affine).tolist(),
             "frames": self.frames,
+            "cropped": self.cropped,
+            "warnings": self.warnings,
         }
 
 
@@ -106,8 +116,14 @@ def inspect_inputs(
     output: str | os.PathLike[str] | None = None,
     work_dir: str | os.PathLike[str] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    crop: str = "off",
 ) -> InspectResult:
     """Run the preprocessing stage only (see the module docstring).
+
+    ``crop`` (``"auto"``, ``"on"``, ``"off"``) crops the inputs to the face as ``animate --crop``
+    does (:func:`xportrait_cli.face.crop.crop_inputs`); the preview shows the crops. A portrait
+    without a face is reported as ``animate`` decides: with ``best_frame`` −1 no alignment
+    (``best_frame`` −2) and a warning; with an explicit index a NoFaceError naming ``--best-frame -2``.
 
     ``output`` must end in ``.png`` (portrait and the best aligned frame side by side) or ``.mp4``
     (portrait beside every aligned frame, at the store's frame rate); it needs a driving video for
@@ -122,21 +138,31 @@ def inspect_inputs(
         raise UsageError(f"preview must be a .png or .mp4 file, got {out_path}", "e.g. -o preview.mp4")
     if out_path is not None and out_path.suffix.lower() == ".mp4" and driving is None:
         raise UsageError("an .mp4 preview needs a driving video", "pass DRIVING or use -o preview.png")
-    rgb = load_image(portrait)
-    lmk256 = detect_portrait(rgb, detector, name=str(portrait))
-    k = PREVIEW_SIZE / LANDMARK_RES
-    result = InspectResult(portrait_landmarks=(lmk256 * k).astype(np.float32))
-    portrait_img = to_uint8(resize_official(rgb, PREVIEW_SIZE))
-    portrait_view = draw_overlay(portrait_img, result.portrait_landmarks, patch_boxes(lmk256, PREVIEW_SIZE))
-    if driving is None:
-        if out_path is not None:
-            _write_png(out_path, portrait_view)
-            result.preview = out_path
-        return result
-
     with tempfile.TemporaryDirectory(prefix="xportrait-inspect-") as tmp:
+        notes: list[Log] = []
+        given = (Path(portrait), None if driving is None else Path(driving))
+        *used, _ = crop_inputs(
+            *given, Path(tmp), mode=crop, size=PREVIEW_SIZE, detector=detector,
+            events=lambda e: notes.append(e) if isinstance(e, Log) else None,
+        )  # fmt: skip
+        rgb = load_image(used[0])
+        lmk256, best_frame, warning = portrait_for_alignment(rgb, detector, best_frame, name=str(portrait))
+        k = PREVIEW_SIZE / LANDMARK_RES
+        result = InspectResult(portrait_landmarks=None if lmk256 is None else (lmk256 * k).astype(np.float32))
+        result.cropped = [n for n, a, b in zip(("portrait", "driving"), given, used, strict=True) if a != b]
+        result.warnings = [e.message for e in notes if e.level == "warning"] + ([warning] if warning else [])
+        for message in result.warnings:
+            log.warning("%s", message)
+        portrait_img = to_uint8(resize_official(rgb, PREVIEW_SIZE))
+        boxes = None if lmk256 is None else patch_boxes(lmk256, PREVIEW_SIZE)
+        portrait_view = draw_overlay(portrait_img, result.portrait_landmarks, boxes)
+        if driving is None:
+            if out_path is not None:
+                _write_png(out_path, portrait_view)
+                result.preview = out_path
+            return result
         store = prepare_driving(
-            driving,
+            used[1],
             lmk256,
             work_dir if work_dir is not None else tmp,
             size=PREVIEW_SIZE,

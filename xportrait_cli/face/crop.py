@@ -79,6 +79,7 @@ __all__ = [
     "crop_file",
     "crop_frame",
     "crop_image",
+    "crop_inputs",
     "crop_portrait",
     "crop_video",
     "default_output",
@@ -735,6 +736,77 @@ def crop_file(
     if input_kind(src) == "video":
         return crop_video(src, out, detect_frames=detect_frames, events=events, **common)
     return crop_image(src, out, **common)
+
+
+def _needs_crop(path: Path, mode: str) -> tuple[bool, tuple[int, int]]:
+    """Whether ``--crop mode`` crops ``path``, and its ``(width, height)`` (header only)."""
+    if input_kind(path) == "video":
+        from xportrait_cli.video.reader import probe_video
+
+        info = probe_video(path)
+        size = (info.width, info.height)
+    else:
+        from xportrait_cli.image import load_image
+
+        height, width = load_image(path).shape[:2]
+        size = (width, height)
+    return mode == "on" or (mode == "auto" and size[0] != size[1]), size
+
+
+def crop_inputs(
+    portrait: Path,
+    driving: Path | None,
+    work_dir: Path,
+    *,
+    mode: str,
+    size: int,
+    detector: LandmarkDetector,
+    events: EventSink = null_sink,
+    job: str | None = None,
+) -> tuple[Path, Path, CropInfo | None]:
+    """``animate --crop`` and ``inspect --crop``: square face crops of the portrait and the driving
+    video, made once in ``work_dir`` (a resumed job reuses them: the sidecar is written last).
+
+    ``mode``: ``"auto"`` crops the inputs that are not square (a square input is used as the
+    official code uses it), ``"on"`` both, ``"off"`` neither. Each crop is logged (a
+    :class:`~xportrait_cli.events.Log` event). Under ``auto`` a portrait without a face (a stylized
+    one) is used uncropped, with a warning. Returns (portrait, driving, the portrait's
+    :class:`CropInfo` or ``None`` when it was not cropped). Raises
+    :class:`~xportrait_cli.errors.NoFaceError` (hint: ``--crop off``) for a driving video without a
+    face, or a portrait without one under ``on``. ``driving`` may be ``None`` (a portrait alone).
+    """
+    from xportrait_cli.events import Log
+
+    used = {"portrait": Path(portrait), "driving": None if driving is None else Path(driving)}
+    info = None
+    for name, source in used.items():
+        if source is None or mode == "off":
+            continue
+        crop, (width, height) = _needs_crop(source, mode)
+        if not crop:
+            continue
+        target = Path(work_dir) / f"{name}.crop{source.suffix if name == 'driving' else '.png'}"
+        if not sidecar_path(target).is_file():
+            try:
+                crop_file(source, target, size=size, detector=detector, events=events)
+            except NoFaceError as exc:
+                if mode == "on" or name == "driving":
+                    raise NoFaceError(exc.message, f"{exc.hint}, or pass --crop off") from None
+                why = f"{exc.message}: the {width}x{height} portrait is not cropped (squashed to a square)"
+                events(Log("warning", why, job=job))
+                continue
+        found = CropInfo.load(sidecar_path(target))
+        box = found.box.tolist()
+        events(
+            Log(
+                "info",
+                f"cropped the {name} ({width}x{height}) to the face: box {box} (--crop {mode})",
+                job=job,
+            )
+        )
+        used[name] = target
+        info = found if name == "portrait" else info
+    return used["portrait"], used["driving"], info
 
 
 # -- paste back -----------------------------------------------------------------------------------

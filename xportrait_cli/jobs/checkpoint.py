@@ -13,15 +13,22 @@ CHECKPOINT_NAME = "latents.safetensors"
 
 
 def save_checkpoint(work_dir: Path, latents: torch.Tensor, steps_done: int, digest: str) -> Path:
-    """Write ``latents`` ``(N, 4, h, w)`` after ``steps_done`` completed steps (temp file, then rename)."""
+    """Write ``latents`` ``(N, 4, h, w)`` after ``steps_done`` completed steps (temp file, then rename).
+
+    A failed write (a full disk: ``SafetensorError``) removes the temp file and keeps the previous
+    checkpoint."""
     path = work_dir / CHECKPOINT_NAME
     tmp = work_dir / f".{CHECKPOINT_NAME}.{os.getpid()}.tmp"
-    save_file(
-        {"latents": latents.detach().float().cpu().contiguous()},
-        str(tmp),
-        metadata={"steps_done": str(steps_done), "fingerprint": digest},
-    )
-    os.replace(tmp, path)
+    try:
+        save_file(
+            {"latents": latents.detach().float().cpu().contiguous()},
+            str(tmp),
+            metadata={"steps_done": str(steps_done), "fingerprint": digest},
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

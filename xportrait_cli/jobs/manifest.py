@@ -51,7 +51,7 @@ from xportrait_cli.config import (
     resolve_options,
 )
 from xportrait_cli.errors import InputError, UsageError
-from xportrait_cli.jobs.spec import JobSpec, default_output
+from xportrait_cli.jobs.spec import JobSpec, output_path
 
 #: Keys of a job entry that are not options.
 JOB_KEYS: tuple[str, ...] = ("portrait", "driving", "output", "name")
@@ -389,11 +389,11 @@ def _build_job(
     portrait = _anchor(fields["portrait"], base).absolute()
     driving = _anchor(fields["driving"], base).absolute()
     folder = output_dir or base
-    output = (
-        _anchor(fields["output"], folder) if "output" in fields else default_output(portrait, driving, folder)
-    )
-    if output.is_dir():
-        raise UsageError(f"output {output} of {where} is a folder", "name an .mp4 file")
+    try:
+        given = _anchor(fields["output"], folder) if "output" in fields else None
+        output = output_path(given, portrait, driving, folder)
+    except UsageError as exc:
+        raise UsageError(f"{exc.message} in {where}", exc.hint) from None
     name = str(fields["name"]).strip() if fields.get("name") not in (None, "") else None
     spec = JobSpec(portrait, driving, output.absolute(), resolved, name)
     return ManifestJob(index, where, spec, _input_problem(spec, where))

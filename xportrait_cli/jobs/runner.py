@@ -41,8 +41,14 @@ from xportrait_cli.events import (
     StepProgress,
     null_sink,
 )
-from xportrait_cli.jobs.checkpoint import load_checkpoint, save_checkpoint
+from xportrait_cli.jobs.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from xportrait_cli.jobs.fingerprint import TAG_PREFIX, job_fingerprint, output_fingerprint
+from xportrait_cli.jobs.preflight import (
+    check_disk_space,
+    check_inputs,
+    disk_full_error,
+    is_disk_full,
+)
 from xportrait_cli.jobs.spec import JobSpec
 from xportrait_cli.models import XPortraitNetworks, load_networks
 from xportrait_cli.pipeline import XPortraitPipeline
@@ -166,24 +172,6 @@ def model_path(spec: JobSpec) -> Path:
     return default_model_path()
 
 
-def check_inputs(spec: JobSpec) -> None:
-    """Fail early, with one line, on missing or unreadable input files."""
-    for label, path in (
-        ("portrait", spec.portrait),
-        ("driving video", spec.driving),
-        *(("reference portrait", r) for r in spec.options.reference),
-        *((("init video", spec.options.init_video),) if spec.options.init_video else ()),
-    ):
-        if not path.exists():
-            raise InputError(f"{path}: {label} not found", "check the path")
-        if path.is_dir():
-            raise InputError(f"{path}: {label} is a folder, not a file", "pass a file")
-    if not spec.output.parent.is_dir():
-        raise InputError(
-            f"{spec.output.parent}: output folder does not exist", "create it or pass another -o"
-        )
-
-
 class _Stage:
     """Emit StageStarted/StageFinished around a block."""
 
@@ -235,7 +223,7 @@ def run_job(
     """
     started = time.monotonic()
     job = spec.label
-    check_inputs(spec)
+    inputs = check_inputs(spec)
     model = model_path(spec)
     lora = _lora_file(spec)
     fingerprint = job_fingerprint(spec, model, lora_file=lora)
@@ -253,10 +241,16 @@ def run_job(
     try:
         if _finished(spec, digest, force, events):  # finished by another process before the lock
             return JobResult(spec.output, "skipped")
-        work = _work_dir(spec, fingerprint, force, events)
-        result = _run_locked(
-            spec, fingerprint, work, events, networks or NetworksCache(), model, after_step, lora
-        )
+        needed = check_disk_space(spec, inputs)
+        work = spec.work_dir
+        try:
+            work = _work_dir(spec, fingerprint, force, events)
+            result = _run_locked(
+                spec, fingerprint, work, events, networks or NetworksCache(), model, after_step, lora
+            )
+        except Exception as exc:
+            _after_failure(spec, work, exc, needed)
+            raise
         if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
     finally:
@@ -273,6 +267,18 @@ def _finished(spec: JobSpec, digest: str, force: bool, events: EventSink) -> boo
         return False
     events(JobSkipped("finished output with the same inputs and options", str(spec.output), job=spec.label))
     return True
+
+
+def _after_failure(spec: JobSpec, work: Path, exc: Exception, needed: int) -> None:
+    """A failed job keeps its work folder only when it holds a checkpoint (and then says it can be
+    resumed); a full disk becomes one :class:`DiskSpaceError` line (raised from ``exc``)."""
+    resumable = (work / CHECKPOINT_NAME).is_file()
+    if not resumable:
+        shutil.rmtree(work, ignore_errors=True)
+    if is_disk_full(exc):
+        raise disk_full_error(exc, spec, needed, resumable) from exc
+    if resumable and isinstance(exc, XPortraitError):
+        exc.hint = "; ".join(filter(None, (exc.hint, "resumable: run the same command again")))
 
 
 def _work_dir(spec: JobSpec, fingerprint: dict, force: bool, events: EventSink) -> Path:
@@ -301,7 +307,8 @@ def _lora_file(spec: JobSpec) -> Path | None:
 
 
 def _run_locked(spec, fingerprint, work, events, cache, model, after_step, lora=None) -> JobResult:
-    from xportrait_cli.face.landmarks import detect_portrait, make_detector
+    from xportrait_cli.face.crop import crop_inputs
+    from xportrait_cli.face.landmarks import make_detector, portrait_for_alignment
     from xportrait_cli.framestore import prepare_driving
     from xportrait_cli.image import load_image
 
@@ -313,19 +320,22 @@ def _run_locked(spec, fingerprint, work, events, cache, model, after_step, lora=
     with _Stage(events, "landmarks", job):
         detector = make_detector(opts.landmarks, device="cuda" if device.type == "cuda" else "cpu")
         events(Log("info", f"landmarks: {detector.name}", job=job))
-        portrait, driving, crop = spec.portrait, spec.driving, None
-        if opts.crop:
-            portrait, driving, crop = _crop_inputs(spec, work, detector, events)
-        portrait_landmarks = None
-        if opts.best_frame != -2:
-            portrait_landmarks = detect_portrait(load_image(portrait), detector, name=str(spec.portrait))
+        portrait, driving, crop = crop_inputs(
+            spec.portrait, spec.driving, work, mode=opts.crop, size=max(opts.size, 512), detector=detector,
+            events=events, job=job,
+        )  # fmt: skip
+        portrait_landmarks, best_frame, warning = portrait_for_alignment(
+            load_image(portrait), detector, opts.best_frame, name=str(spec.portrait)
+        )
+        if warning:
+            events(Log("warning", warning, job=job))
     with _Stage(events, "align", job) as stage:
         store = prepare_driving(
             driving,
             portrait_landmarks,
             work / STORE_DIR,
             size=opts.size,
-            best_frame=opts.best_frame,
+            best_frame=best_frame,
             start=opts.start,
             num_frames=opts.frames,
             stride=opts.stride,
@@ -487,26 +497,15 @@ def _write_comparison(spec: JobSpec, store, source: torch.Tensor) -> Path:
     return path
 
 
-def _crop_inputs(spec: JobSpec, work: Path, detector, events: EventSink) -> tuple[Path, Path, object]:
-    """``--crop``: square face crops of the portrait and the driving clip, made once in the work dir
-    (a resumed job reuses them). Returns (cropped portrait, cropped driving, the portrait's crop info)."""
-    from xportrait_cli.face.crop import CropInfo, crop_file, sidecar_path
-
-    cropped = []
-    for name, source in (("portrait", spec.portrait), ("driving", spec.driving)):
-        target = work / f"{name}.crop{source.suffix if name == 'driving' else '.png'}"
-        if not sidecar_path(target).is_file():  # the sidecar is written last
-            crop_file(source, target, size=spec.options.size, detector=detector, events=events)
-        cropped.append(target)
-    return cropped[0], cropped[1], CropInfo.load(sidecar_path(cropped[0]))
-
-
 def _pasted_back(frames, crop, portrait: Path):
     """``--paste-back``: each square frame composed into the full original portrait (feathered mask);
     an odd width or height loses its last column or row (H.264 yuv420p needs even sizes)."""
     from xportrait_cli.face.crop import paste_back
     from xportrait_cli.image import load_image
 
+    if crop is None:  # a square portrait under --crop auto: the frames are the whole portrait
+        yield from frames
+        return
     for frame in paste_back(frames, crop, load_image(portrait)):
         h, w = frame.shape[0] // 2 * 2, frame.shape[1] // 2 * 2
         yield np.ascontiguousarray(frame[:h, :w])

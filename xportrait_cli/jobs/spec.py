@@ -6,13 +6,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xportrait_cli.config import AnimateOptions
+from xportrait_cli.errors import UsageError
 
 WORK_SUFFIX = ".xportrait"
+#: Output suffixes the video writer produces (an MP4 container, H.264 and AAC).
+OUTPUT_SUFFIXES = (".mp4", ".m4v")
 
 
 def default_output(portrait: Path, driving: Path, folder: Path | None = None) -> Path:
     """``<portrait-stem>--<driving-stem>.mp4`` in ``folder`` (default: the current directory)."""
     return (folder or Path.cwd()) / f"{Path(portrait).stem}--{Path(driving).stem}.mp4"
+
+
+def output_path(output: Path | None, portrait: Path, driving: Path, folder: Path | None = None) -> Path:
+    """The absolute output file of a job, checked before any work.
+
+    ``output``: ``None`` → :func:`default_output` in ``folder``; an existing folder (LivePortrait's
+    ``-o DIR``) → :func:`default_output` inside it; otherwise a file whose suffix is one of
+    :data:`OUTPUT_SUFFIXES`. Raises :class:`~xportrait_cli.errors.UsageError` (exit 2) for another
+    suffix (``-o out.txt`` would otherwise be an MP4 named ``.txt``).
+    """
+    if output is None or output.is_dir():
+        return default_output(portrait, driving, output or folder).absolute()
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(
+            f"output {output}: the writer makes MP4 files, not {output.suffix or 'files without a suffix'}",
+            f"name the output with {' or '.join(OUTPUT_SUFFIXES)}, or pass an existing folder",
+        )
+    return output.absolute()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -69,8 +71,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) pickle
     except Exception as exc:  # noqa: BLE001 - any reader failure means "not a checkpoint"
+        refused = _refused_global(exc)
+        if refused:  # weights_only refused a global; PyTorch's advice to load it unsafely is dropped
+            raise InputError(
+                f"{path}: holds code objects (global {refused}) and will not be loaded",
+                "use the official checkpoint from `xportrait download-weights`, or a .safetensors file",
+            ) from None
         raise InputError(
-            f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})".splitlines()[0],
+            f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {_reason(exc)})",
             "is the download complete? `xportrait download-weights --check` verifies it",
         ) from None
     state_dict = obj.get("state_dict", obj) if isinstance(obj, dict) else None
@@ -79,6 +87,23 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{path}: not a state dict of tensors", "pass the X-Portrait checkpoint (model_state-415001.th)"
         )
     return state_dict
+
+
+def _refused_global(exc: Exception) -> str | None:
+    """The global a ``weights_only`` load refused (e.g. ``posix.system``), or ``None``."""
+    found = (
+        re.search(r"unsupported GLOBAL (\S+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+    )
+    return found.group(1) if found else None
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of a reader error; for a refused pickle the unpickler's own line (e.g.
+    ``Unsupported operand 110``), not PyTorch's advice to load with ``weights_only=False``."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, pickle.UnpicklingError) and len(lines) > 2 and "weights_only" in lines[0]:
+        return lines[2]
+    return lines[0] if lines else "unreadable"
 
 
 def _official_state_dict(checkpoint: Checkpoint) -> Mapping[str, torch.Tensor]:
