@@ -119,8 +119,8 @@ def decoded(path: Path) -> np.ndarray:
 def tiny_spec(golden: Path, media: Path, out: Path, *, driving: Path | None = None, **options):
     """A :class:`JobSpec` animating the official demo portrait with the golden tiny model at 64 px
     (4 steps, 20 frames, dlib landmarks; ``options`` override), driven by the demo clip or ``driving``."""
-    from xportrait_cli.config import resolve_options
     from xportrait_cli.jobs import JobSpec
+    from xportrait_cli.option_layers import resolve_options
 
     resolved = resolve_options(
         {

@@ -22,7 +22,6 @@ from rich.console import Console
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from xportrait_cli.config import resolve_options
 from xportrait_cli.errors import InputError, NoFaceError, UsageError
 from xportrait_cli.events import JobDone, JobFailed, JobSkipped, JobStarted, StageStarted
 from xportrait_cli.jobs import JobSpec
@@ -31,6 +30,7 @@ from xportrait_cli.jobs.batch import DONE_ELSEWHERE, BatchInterrupted, Shard, ru
 from xportrait_cli.jobs.checkpoint import CHECKPOINT_NAME
 from xportrait_cli.jobs.manifest import ManifestJob, load_manifest
 from xportrait_cli.jobs.runner import JobResult
+from xportrait_cli.option_layers import resolve_options
 from xportrait_cli.progress import RichSink, batch_table
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Options, presets and precedence (xportrait_cli.config)."""
+"""Options, presets and precedence (xportrait_cli.config, option_checks, option_layers, presets)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,11 @@ from pathlib import Path
 import pytest
 
 from xportrait_cli import config
-from xportrait_cli.config import (
-    PRESETS_DIR,
-    AnimateOptions,
-    ddim_timesteps,
-    default_of,
-    flag_of,
-    help_text,
-    list_presets,
-    load_preset,
-    normalize_options,
-    options_to_dict,
-    resolve_options,
-    steps_are_valid,
-)
+from xportrait_cli.config import AnimateOptions, default_of, flag_of, help_text
 from xportrait_cli.errors import UsageError
+from xportrait_cli.option_checks import ddim_timesteps, steps_are_valid
+from xportrait_cli.option_layers import normalize_options, options_to_dict, resolve_options
+from xportrait_cli.presets import PRESETS_DIR, list_presets, load_preset
 
 
 def test_builtin_defaults_are_the_official_settings():

@@ -147,7 +147,7 @@ def test_lcm_with_a_lora_runs_end_to_end(lora_file, golden, media, tmp_path):
     assert job_fingerprint(spec, model, lora_file=copy)["digest"] != base
     assert run_job(spec).status == "skipped"
     # the preset names the LCM-LoRA repo and the lcm scheduler
-    from xportrait_cli.config import resolve_options
+    from xportrait_cli.option_layers import resolve_options
 
     lcm = resolve_options(preset="lcm")
     assert (lcm.lora, lcm.scheduler) == (LCM_LORA_REPO, "lcm") and 4 <= lcm.num_inference_steps <= 8

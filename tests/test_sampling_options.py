@@ -216,8 +216,10 @@ def test_motion_guidance_batched_matches_two_passes(golden, media, tmp_path):
 def test_new_options_validate_and_round_trip(tmp_path, monkeypatch, capsys):
     from conftest import run_main
 
-    from xportrait_cli.config import AnimateOptions, load_preset, options_to_dict, resolve_options
+    from xportrait_cli.config import AnimateOptions
     from xportrait_cli.errors import UsageError
+    from xportrait_cli.option_layers import options_to_dict, resolve_options
+    from xportrait_cli.presets import load_preset
 
     opts = AnimateOptions(guidance_interval="0.2, 0.8", control_mode="Motion_Guidance", scheduler="lcm",
                           num_inference_steps=4, lora="org/name", lora_scale="0.5")  # fmt: skip

@@ -166,9 +166,9 @@ def inspect_command(
     """
     import json
 
-    from xportrait_cli.config import resolve_options
     from xportrait_cli.face.landmarks import make_detector
     from xportrait_cli.inspect import inspect_inputs
+    from xportrait_cli.option_layers import resolve_options
 
     _log_to_stderr("INFO")
     detector = make_detector(landmarks, device)
@@ -266,9 +266,9 @@ def animate_command(
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per event on stdout.")] = False,
 ) -> None:
     """Animate PORTRAIT with the motion of DRIVING and write an MP4 (audio kept, resumable)."""
-    from xportrait_cli.config import resolve_options
     from xportrait_cli.jobs import JobSpec, run_job
     from xportrait_cli.jobs.spec import output_path
+    from xportrait_cli.option_layers import resolve_options
     from xportrait_cli.progress import choose_mode, make_sink
 
     flags = dict(

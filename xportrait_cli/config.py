@@ -1,317 +1,318 @@
-"""Options of ``xportrait animate``, presets, and the precedence that combines them.
+"""Options of ``xportrait animate``: one frozen dataclass, :class:`AnimateOptions`, for every job.
 
-One frozen dataclass, :class:`AnimateOptions`, holds every option of a job. Each field carries its
-help text, its command-line flag and its allowed values in ``dataclasses.field(metadata=...)``, so
-the Typer command declares ``typer.Option(FLAG, help=help_text(name))`` from the same source that
-validates presets and manifests.
+Each field carries its help text, its command-line flag, its ``--help`` panel, its allowed values
+and its own check in ``dataclasses.field(metadata=...)`` (:func:`xportrait_cli.option_checks.option`),
+so the Typer command declares its options from the same source that validates presets and
+manifests. Layers of options and their precedence: :mod:`xportrait_cli.option_layers`; presets:
+:mod:`xportrait_cli.presets`.
 
-Precedence (highest first), applied by :func:`resolve_options`:
-
-- ``xportrait animate``: **flags** (and their environment variables, e.g. ``XPORTRAIT_MODEL``)
-  > **preset** (``--preset NAME|FILE``) > **built-in defaults** (the field defaults below, equal to
-  ``presets/default.yaml``: the official settings).
-- ``xportrait batch``: **job** entry > **manifest defaults** > **preset** > **built-in defaults**.
-
-A layer only overrides the options it sets: ``None`` means "not set" everywhere, so a flag left at
-its ``None`` default never masks a preset value.
-
-Keys in presets, manifests and flag mappings are spelled like the fields (``guidance_scale``), with
-dashes (``guidance-scale``), as flags (``--guidance-scale``), or with an alias from :data:`ALIASES`
-(``steps`` for ``num_inference_steps``). Unknown keys are a :class:`~xportrait_cli.errors.UsageError`
-with a suggestion.
+Option names are spelled like the fields (``guidance_scale``), with dashes (``guidance-scale``), as
+flags (``--guidance-scale``), or with an alias from :data:`ALIASES` (``steps`` for
+``num_inference_steps``); :func:`canonical_key` maps them, unknown keys are a
+:class:`~xportrait_cli.errors.UsageError` with a suggestion.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import os
-import re
-import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-import xportrait_cli
+from xportrait_cli import option_checks as checks
 from xportrait_cli.errors import UsageError
+from xportrait_cli.option_checks import option
 
-#: Frames per temporal window: the motion modules hard-code 16 (official ``video_length``).
-WINDOW_FRAMES = 16
-#: Training timesteps of the SD-1.5 DDPM schedule.
-TRAIN_TIMESTEPS = 1000
 #: Most steps of the lcm scheduler (it picks its steps from 50 "original" ones).
 LCM_MAX_STEPS = 50
-#: The top-level ``presets`` folder of the product layout (beside the package, not inside it).
-
-
-def _presets_dir() -> Path:
-    """The top-level ``presets/`` of a source checkout (editable install), else the copy a wheel
-    installs under ``<prefix>/share/xportrait/presets`` (pyproject ``data-files``)."""
-    checkout = Path(xportrait_cli.__file__).resolve().parent.parent / "presets"
-    installed = Path(sys.prefix) / "share" / "xportrait" / "presets"
-    return checkout if checkout.is_dir() or not installed.is_dir() else installed
-
-
-PRESETS_DIR = _presets_dir()
-
 #: Alternative names accepted for options in presets, manifests and flag mappings.
 ALIASES: dict[str, str] = {"steps": "num_inference_steps"}
-#: Keys a preset file may hold besides options (ignored when resolving options).
-PRESET_META_KEYS = frozenset({"description"})
-
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-
-def _opt(default: Any, help: str, *, flag: str | None = None, choices: Sequence[str] = (), **extra: Any):
-    """A dataclass field whose metadata holds the help text, the flag and the allowed values."""
-    meta = {"help": help, "flag": flag, "choices": tuple(choices), **extra}
-    if isinstance(default, list | tuple):
-        return field(default_factory=lambda: tuple(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-# --------------------------------------------------------------------------------------------------
-# The DDIM timestep list of the official sampler
-# --------------------------------------------------------------------------------------------------
-
-
-def ddim_timesteps(num_inference_steps: int) -> list[int]:
-    """Timesteps the official sampler visits for ``--steps S``, in sampling order (descending).
-
-    Official ``ddim_discretize="uniform"``: ``arange(0, 1000, 1000 // S) + 1`` with the step-count
-    assert commented out, so S=30 gives **31** steps ``[991, 958, ..., 34, 1]``, S=15 gives 16 and
-    S=25 gives 25 (spec §3.9). Raises :class:`UsageError` for an S outside 1..1000 or one whose
-    list would reach timestep 1000 (see :func:`check_steps`).
-    """
-    check_steps(num_inference_steps)
-    stride = TRAIN_TIMESTEPS // num_inference_steps
-    return [t + 1 for t in range(0, TRAIN_TIMESTEPS, stride)][::-1]
-
-
-def steps_are_valid(num_inference_steps: int) -> bool:
-    """Whether S lies in 1..1000 and the official schedule stays below timestep 1000.
-
-    The schedule is ``range(0, 1000, 1000 // S)`` plus one; when it contains 999 the sampler asks
-    for ``alphas_cumprod[1000]`` and crashes (S in {3, 9, 27, 36, 37, 101-111, 251-333, 501-1000}).
-    Computed, not tabulated.
-    """
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
-        return False
-    if not 1 <= num_inference_steps <= TRAIN_TIMESTEPS:
-        return False
-    return max(range(0, TRAIN_TIMESTEPS, TRAIN_TIMESTEPS // num_inference_steps)) + 1 < TRAIN_TIMESTEPS
-
-
-def check_steps(num_inference_steps: int) -> None:
-    """Raise :class:`UsageError` unless :func:`steps_are_valid`; the hint names the nearest valid S."""
-    s = num_inference_steps
-    if steps_are_valid(s):
-        return
-    if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= TRAIN_TIMESTEPS:
-        raise UsageError(
-            f"invalid num_inference_steps (--steps) {s!r}: must be an integer in 1..{TRAIN_TIMESTEPS}",
-            "30 is the official setting (31 DDIM steps); 15 is the fast preset",
-        )
-    stride = TRAIN_TIMESTEPS // s
-    last = max(range(0, TRAIN_TIMESTEPS, stride)) + 1
-    below = next((k for k in range(s - 1, 0, -1) if steps_are_valid(k)), None)
-    above = next((k for k in range(s + 1, TRAIN_TIMESTEPS + 1) if steps_are_valid(k)), None)
-    near = " or ".join(str(k) for k in (below, above) if k is not None)
-    raise UsageError(
-        f"invalid num_inference_steps (--steps) {s}: the official DDIM schedule "
-        f"arange(0, 1000, 1000//{s}) + 1 would reach timestep {last}",
-        f"use {near} instead",
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# The options
-# --------------------------------------------------------------------------------------------------
+#: ``animate --help`` panels, in the order they are shown.
+INPUTS, SAMPLING, ALIGNMENT, OUTPUT, PERFORMANCE = (
+    "Inputs",
+    "Sampling",
+    "Alignment and crop",
+    "Output",
+    "Performance",
+)
+PANELS = (INPUTS, SAMPLING, ALIGNMENT, OUTPUT, PERFORMANCE)
 
 
 @dataclass(frozen=True)
 class AnimateOptions:
     """Every option of one ``xportrait animate`` job, validated on construction.
 
-    Field metadata: ``help`` (text for ``--help``), ``flag`` (the command-line flag), ``choices``
-    (allowed strings, if any), ``envvar`` (environment variable read by the CLI, if any) and
-    ``affects_output`` (False for options that change only speed or memory, see
-    :func:`options_to_dict`). CLI-only switches (``--quiet``, ``--json``, ``--output``) are not
-    options of the job and are not here.
+    Field metadata: see :func:`xportrait_cli.option_checks.option`. CLI-only switches (``--quiet``,
+    ``--json``, ``--output``) are not options of the job and are not here.
 
     Raises :class:`~xportrait_cli.errors.UsageError` naming the option and the value for any bad
     value. Paths are stored as :class:`~pathlib.Path` (``~`` expanded), ``reference`` as a tuple.
     """
 
-    model: Path | None = _opt(
+    model: Path | None = option(
         None,
         "X-Portrait checkpoint (model_state-415001.th or a converted file); default: the weights cache.",
         flag="--model",
         envvar="XPORTRAIT_MODEL",
+        coerce=checks.optional(checks.as_path),
+        path="file",
+        panel=INPUTS,
     )
-    model_config: Path | None = _opt(
+    model_config: Path | None = option(
         None,
         "Model config (official cldm_v15_appearance_pose_local_mm.yaml layout); default: built in.",
         flag="--model-config",
+        coerce=checks.optional(checks.as_path),
+        path="file",
+        panel=INPUTS,
     )
-    num_inference_steps: int = _opt(
+    num_inference_steps: int = option(
         30,
         "DDIM steps S, official meaning: timesteps arange(0,1000,1000//S)+1, so 30 runs 31 steps "
         "and 15 runs 16. S whose schedule reaches timestep 1000 (e.g. 27, 36, 101-111) is refused.",
         flag="--steps",
+        coerce=checks.step_count,
+        panel=SAMPLING,
     )
-    guidance_scale: float = _opt(
+    guidance_scale: float = option(
         5.0,
         "Classifier-free guidance scale (official uc_scale 5): eps_u + scale*(eps_c - eps_u).",
         flag="--guidance-scale",
+        coerce=checks.number(
+            lambda v: v >= 0, "must be >= 0", "5 is the official setting; 1 disables guidance"
+        ),
+        panel=SAMPLING,
     )
-    num_mix: int = _opt(
+    num_mix: int = option(
         4,
-        f"Overlapping frames between consecutive {WINDOW_FRAMES}-frame windows (0 <= num_mix < "
-        f"{WINDOW_FRAMES}); windows advance by {WINDOW_FRAMES} - num_mix.",
+        f"Overlapping frames between consecutive {checks.WINDOW_FRAMES}-frame windows (0 <= num_mix < "
+        f"{checks.WINDOW_FRAMES}); windows advance by {checks.WINDOW_FRAMES} - num_mix.",
         flag="--num-mix",
+        coerce=checks.integer(
+            lambda v: 0 <= v < checks.WINDOW_FRAMES,
+            f"must be in 0..{checks.WINDOW_FRAMES - 1} (overlap inside a {checks.WINDOW_FRAMES}-frame "
+            "window)",
+            "4 is the official setting",
+        ),
+        panel=SAMPLING,
     )
-    seed: int = _opt(
-        999, "Random seed (0 <= seed < 2**32) for every draw of the sampler; official 999.", flag="--seed"
+    seed: int = option(
+        999,
+        "Random seed (0 <= seed < 2**32) for every draw of the sampler; official 999.",
+        flag="--seed",
+        coerce=checks.integer(lambda v: 0 <= v < 2**32, "must be in 0..2**32-1"),
+        panel=SAMPLING,
     )
-    best_frame: int = _opt(
+    best_frame: int = option(
         -1,
         "Driving frame whose head pose matches the portrait, used for the one alignment transform: "
         "-1 = auto (closest landmarks), -2 = no alignment, N >= 0 = frame N of the selected frames.",
         flag="--best-frame",
+        coerce=checks.integer(
+            lambda v: v >= -2, "must be -1 (auto), -2 (no alignment) or a frame index >= 0"
+        ),
+        panel=ALIGNMENT,
     )
-    start: int = _opt(0, "First driving frame to use (0-based).", flag="--start")
-    frames: int = _opt(0, "Number of driving frames to animate after --start (0 = all).", flag="--frames")
-    stride: int = _opt(1, "Use every N-th driving frame (N >= 1).", flag="--stride")
-    size: int = _opt(
+    start: int = option(
+        0,
+        "First driving frame to use (0-based).",
+        flag="--start",
+        coerce=checks.integer(lambda v: v >= 0, "must be >= 0"),
+        panel=INPUTS,
+    )
+    frames: int = option(
+        0,
+        "Number of driving frames to animate after --start (0 = all).",
+        flag="--frames",
+        coerce=checks.integer(lambda v: v >= 0, "must be >= 0", "0 means all frames"),
+        panel=INPUTS,
+    )
+    stride: int = option(
+        1,
+        "Use every N-th driving frame (N >= 1).",
+        flag="--stride",
+        coerce=checks.integer(lambda v: v >= 1, "must be >= 1"),
+        panel=INPUTS,
+    )
+    size: int = option(
         512,
         "Square working size in pixels (multiple of 64, >= 64); the model was trained at 512.",
         flag="--size",
+        coerce=checks.integer(
+            lambda v: v >= 64 and v % 64 == 0, "must be a multiple of 64 and >= 64", checks.size_hint
+        ),
+        panel=OUTPUT,
     )
-    reference: tuple[Path, ...] = _opt(
+    reference: tuple[Path, ...] = option(
         (),
         "Extra portrait of the same person (repeatable): its appearance features are added to the "
         "reference bank (official multi-reference).",
         flag="--reference",
+        coerce=checks.paths,
+        path="files",
+        panel=INPUTS,
     )
-    landmarks: str = _opt(
+    landmarks: str = option(
         "auto",
         "Landmark backend: fan (face-alignment, as the official code), dlib (offline 68 points), "
         "auto (fan when its weights are present, else dlib).",
         flag="--landmarks",
         choices=("auto", "fan", "dlib"),
+        panel=ALIGNMENT,
     )
-    device: str = _opt(
+    device: str = option(
         "auto",
         "Device: auto, cpu, cuda or cuda:N.",
         flag="--device",
         choices=("auto", "cpu", "cuda", "cuda:N"),
+        pattern=checks.DEVICE_RE,
+        panel=PERFORMANCE,
     )
-    dtype: str = _opt(
+    dtype: str = option(
         "auto",
-        "Weight and compute precision: auto (fp32 on CPU, fp16 on CUDA), fp32, fp16 or bf16.",
+        "Weight and compute precision: auto (fp16 on CUDA, the precision download-weights converts to; "
+        "fp32 on the CPU), fp32, fp16 or bf16.",
         flag="--dtype",
         choices=("auto", "fp32", "fp16", "bf16"),
+        panel=PERFORMANCE,
     )
-    reference_mode: str = _opt(
+    reference_mode: str = option(
         "shared",
         "Appearance features: shared (computed once per step and reused by every window) or "
         "per-frame (recomputed for each window, as the official code).",
         flag="--reference-mode",
         choices=("shared", "per-frame"),
+        panel=SAMPLING,
     )
-    batch_guidance: str = _opt(
+    batch_guidance: str = option(
         "auto",
         "Run the conditional and unconditional passes as one batch: on, off (two passes, as the "
         "official code) or auto (on when memory allows). Same result, different speed and memory.",
         flag="--batch-guidance",
         choices=("auto", "on", "off"),
         affects_output=False,
+        pre=checks.yaml_on_off,
+        panel=PERFORMANCE,
     )
-    decode_chunk_size: int = _opt(
+    decode_chunk_size: int = option(
         0,
         "Frames per VAE decode call: 0 = automatic (up to 4 on a GPU, from free memory; 2 on the CPU), "
         "or a number >= 1; lower uses less memory.",
         flag="--decode-chunk-size",
         affects_output=False,
+        coerce=checks.integer(lambda v: v >= 0, "must be >= 1, or 0 for automatic"),
+        panel=PERFORMANCE,
     )
-    offload: str = _opt(
+    offload: str = option(
         "auto",
         "Keep the networks in CPU memory and move each to the GPU only while it runs: on, off or auto "
         "(on only when the job cannot fit the GPU otherwise). Slower; same result.",
         flag="--offload",
         choices=("auto", "on", "off"),
         affects_output=False,
+        pre=checks.yaml_on_off,
+        panel=PERFORMANCE,
     )
-    compile: bool = _opt(
-        False, "torch.compile the networks (slow first run).", flag="--compile", affects_output=False
+    compile: bool = option(
+        False,
+        "torch.compile the networks (slow first run).",
+        flag="--compile",
+        affects_output=False,
+        panel=PERFORMANCE,
     )
-    crop: str = _opt(
+    crop: str = option(
         "auto",
         "Crop the portrait and the driving video to a square around the face (one steady box per "
         "video): auto (only inputs that are not square), on (always) or off (the official resize, "
         "which squashes a non-square input).",
         flag="--crop",
         choices=("auto", "on", "off"),
+        pre=checks.truthy_on_off,
+        panel=ALIGNMENT,
     )
-    paste_back: bool = _opt(
+    paste_back: bool = option(
         False,
-        "Paste the animated crop back into the full portrait (needs --crop auto or on).",
+        "Paste the animated crop back into the original portrait: the output has the portrait's size "
+        "(needs --crop auto or on).",
         flag="--paste-back",
+        panel=OUTPUT,
     )
-    comparison: bool = _opt(
-        False, "Also write a side-by-side video: portrait | driving | result.", flag="--comparison"
+    comparison: bool = option(
+        False,
+        "Also write a side-by-side video: portrait | driving | result.",
+        flag="--comparison",
+        panel=OUTPUT,
     )
-    init_video: Path | None = _opt(
+    init_video: Path | None = option(
         None,
         "Build the initial latents from this video's frames instead of the portrait (official "
         "--initial_facevid2vid_results), e.g. a LivePortrait result of the same portrait and driving "
         "clip: same --start/--frames/--stride selection, resized to --size; needs at least as many "
         "frames as the driving selection.",
         flag="--init-video",
+        coerce=checks.optional(checks.as_path),
+        path="file",
+        panel=INPUTS,
     )
-    control_mode: str = _opt(
+    control_mode: str = option(
         "controlnet-important",
         "What the unconditional pass sees: controlnet-important (nothing: guidance amplifies appearance "
         "and motion; official default) or motion-guidance (the reference and mid-grey zero hints too: "
         "guidance amplifies only the motion; official 'balance').",
         flag="--control-mode",
         choices=("controlnet-important", "motion-guidance"),
+        pre=checks.dashes,
+        panel=SAMPLING,
     )
-    noised_reference: bool = _opt(
+    noised_reference: bool = option(
         False,
         "Noise the reference latents to each step's timestep, a fresh draw per window (official "
         "--wonoise flag); in shared reference mode one noisy reference per window.",
         flag="--noised-reference",
+        panel=SAMPLING,
     )
-    guidance_interval: tuple[float, float] = _opt(
+    guidance_interval: tuple[float, float] = option(
         (0.0, 1.0),
         "Guide only the steps whose position in the schedule (0 = first, 1 = last) lies in LO..HI; the "
         "others run one pass (Kynkaanniemi et al. 2024). Default 0 1: every step, as officially.",
         flag="--guidance-interval",
+        coerce=checks.as_interval,
+        panel=SAMPLING,
     )
-    lora: str | None = _opt(
+    lora: str | None = option(
         None,
         "LoRA for the main UNet (diffusers/PEFT or kohya .safetensors, a folder, or a Hugging Face "
         "repo id such as latent-consistency/lcm-lora-sdv1-5). Experimental.",
         flag="--lora",
+        coerce=checks.optional(checks.path_or_repo),
+        path="local_or_hub",
+        panel=SAMPLING,
     )
-    lora_scale: float = _opt(1.0, "Strength of --lora (0 = no effect).", flag="--lora-scale")
-    scheduler: str = _opt(
+    lora_scale: float = option(
+        1.0,
+        "Strength of --lora (0 = no effect).",
+        flag="--lora-scale",
+        coerce=checks.number(),
+        panel=SAMPLING,
+    )
+    scheduler: str = option(
         "ddim",
         f"Sampler: ddim (official) or lcm (diffusers LCMScheduler, for an LCM-LoRA: S steps, "
         f"S <= {LCM_MAX_STEPS}). Experimental.",
         flag="--scheduler",
         choices=("ddim", "lcm"),
+        panel=SAMPLING,
     )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
+            object.__setattr__(self, f.name, f.metadata["coerce"](_label(f.name), getattr(self, f.name)))
+        self._check_combination()
+
+    def _check_combination(self) -> None:
+        """Checks that involve two options (each value is already valid on its own)."""
         if self.paste_back and self.crop == "off":
             raise UsageError(
                 "invalid paste_back (--paste-back) with crop off",
@@ -324,9 +325,22 @@ class AnimateOptions:
                 "LCM needs few steps: 4-8",
             )
 
+    @classmethod
+    def _from_normalized(cls, values: Mapping[str, Any]) -> AnimateOptions:
+        """Build from values :func:`normalize_options` has already coerced (not coerced again);
+        options missing from ``values`` take their built-in default."""
+        self = object.__new__(cls)
+        for name in OPTION_NAMES:
+            object.__setattr__(self, name, values[name] if name in values else default_of(name))
+        self._check_combination()
+        return self
+
     def replace(self, **changes: Any) -> AnimateOptions:
         """A copy with some options changed (validated again); keys as in :func:`normalize_options`."""
-        return dataclasses.replace(self, **normalize_options(changes, source="replace()"))
+        from xportrait_cli.option_layers import normalize_options  # it builds on this module
+
+        current = {name: getattr(self, name) for name in OPTION_NAMES}
+        return self._from_normalized({**current, **normalize_options(changes, source="replace()")})
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(AnimateOptions))
@@ -354,162 +368,14 @@ def default_of(name: str) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
-# --------------------------------------------------------------------------------------------------
-# Per-value validation
-# --------------------------------------------------------------------------------------------------
-
-
 def _label(name: str) -> str:
-    flag = _FIELDS[name].metadata["flag"]
-    return f"{name} ({flag})" if flag else name
+    """An option as error messages name it: ``"size (--size)"``."""
+    return f"{name} ({_FIELDS[name].metadata['flag']})"
 
 
-def _bad(name: str, value: Any, why: str, hint: str = "") -> UsageError:
-    return UsageError(f"invalid {_label(name)} {value!r}: {why}", hint)
-
-
-def _as_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise _bad(name, value, "must be an integer")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise _bad(name, value, "must be an integer")
-
-
-def _as_float(name: str, value: Any) -> float:
-    if isinstance(value, bool):
-        raise _bad(name, value, "must be a number")
-    try:
-        out = float(value) if isinstance(value, int | float | str) else None
-    except ValueError:
-        out = None
-    if out is None or not math.isfinite(out):
-        raise _bad(name, value, "must be a finite number")
-    return out
-
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise _bad(name, value, "must be true or false")
-
-
-def _as_path(name: str, value: Any) -> Path:
-    if isinstance(value, str | os.PathLike) and str(value).strip():
-        return Path(value).expanduser()
-    raise _bad(name, value, "must be a file path")
-
-
-def _as_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if name in ("batch_guidance", "offload") and isinstance(value, bool):  # YAML 1.1 reads on/off as bools
-        value = "on" if value else "off"
-    if name == "crop" and str(value).strip().lower() in (_TRUE | _FALSE) - {"on", "off"}:
-        value = "on" if str(value).strip().lower() in _TRUE else "off"  # a bool (the old --crop flag)
-    if not isinstance(value, str):
-        raise _bad(name, value, f"must be one of {', '.join(choices)}")
-    text = value.strip().lower()
-    if name == "control_mode":
-        text = text.replace("_", "-")
-    if name == "device":
-        if _DEVICE_RE.match(text):
-            return text
-    elif text in choices:
-        return text
-    close = difflib.get_close_matches(text, [c for c in choices if c != "cuda:N"], n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(choices)}"
-    raise _bad(name, value, f"must be one of {', '.join(choices)}", hint)
-
-
-def _as_interval(name: str, value: Any) -> tuple[float, float]:
-    """Two numbers ``0 <= lo <= hi <= 1``: a sequence, or a string ``"0.2 0.8"`` / ``"0.2,0.8"``."""
-    if isinstance(value, str):
-        value = value.replace(",", " ").split()
-    if not isinstance(value, Sequence) or len(value) != 2:
-        raise _bad(name, value, "must be two numbers LO HI", "e.g. 0 1 (every step) or 0.2 0.8")
-    lo, hi = (_as_float(name, v) for v in value)
-    if not 0 <= lo <= hi <= 1:
-        raise _bad(name, value, "must satisfy 0 <= LO <= HI <= 1", "0 1 guides every step")
-    return (lo, hi)
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Coerce and validate one option value; raise :class:`UsageError` naming option and value."""
-    f = _FIELDS[name]
-    choices = f.metadata["choices"]
-    if name in ("model", "model_config", "init_video"):
-        return None if value is None else _as_path(name, value)
-    if name == "lora":
-        if value is None:
-            return None
-        if isinstance(value, os.PathLike) or (isinstance(value, str) and value.strip()):
-            return os.path.expanduser(os.fspath(value).strip())
-        raise _bad(name, value, "must be a file path or a Hugging Face repo id")
-    if name == "guidance_interval":
-        return _as_interval(name, value)
-    if name == "lora_scale":
-        return _as_float(name, value)
-    if name == "reference":
-        if value is None:
-            return ()
-        if isinstance(value, str | os.PathLike):
-            value = [value]
-        if not isinstance(value, Sequence):
-            raise _bad(name, value, "must be a list of file paths")
-        return tuple(_as_path(name, v) for v in value)
-    if choices:
-        return _as_choice(name, value, choices)
-    if isinstance(f.default, bool):
-        return _as_bool(name, value)
-    if name == "guidance_scale":
-        v = _as_float(name, value)
-        if v < 0:
-            raise _bad(name, value, "must be >= 0", "5 is the official setting; 1 disables guidance")
-        return v
-    v = _as_int(name, value)
-    if name == "num_inference_steps":
-        check_steps(v)
-    elif name == "num_mix" and not 0 <= v < WINDOW_FRAMES:
-        raise _bad(
-            name,
-            value,
-            f"must be in 0..{WINDOW_FRAMES - 1} (overlap inside a {WINDOW_FRAMES}-frame window)",
-            "4 is the official setting",
-        )
-    elif name == "seed" and not 0 <= v < 2**32:
-        raise _bad(name, value, "must be in 0..2**32-1")
-    elif name == "best_frame" and v < -2:
-        raise _bad(name, value, "must be -1 (auto), -2 (no alignment) or a frame index >= 0")
-    elif name in ("start", "frames") and v < 0:
-        hint = "0 means all frames" if name == "frames" else ""
-        raise _bad(name, value, "must be >= 0", hint)
-    elif name == "stride" and v < 1:
-        raise _bad(name, value, "must be >= 1")
-    elif name == "decode_chunk_size" and v < 0:
-        raise _bad(name, value, "must be >= 1, or 0 for automatic")
-    elif name == "size" and (v < 64 or v % 64):
-        near = max(64, round(v / 64) * 64)
-        raise _bad(
-            name, value, "must be a multiple of 64 and >= 64", f"use {near} (the model was trained at 512)"
-        )
-    return v
-
-
-# --------------------------------------------------------------------------------------------------
-# Keys, presets and precedence
-# --------------------------------------------------------------------------------------------------
+def coerce_value(name: str, value: Any) -> Any:
+    """Option ``name``'s value checked by its field's own check (metadata ``coerce``)."""
+    return _FIELDS[name].metadata["coerce"](_label(name), value)
 
 
 def canonical_key(key: Any, source: str, extra: Sequence[str] = ()) -> str:
@@ -531,154 +397,3 @@ def canonical_key(key: Any, source: str, extra: Sequence[str] = ()) -> str:
     else:
         hint = f"known options: {', '.join((*extra, *OPTION_NAMES))}"
     raise UsageError(f"unknown option {key!r} in {source}", hint)
-
-
-def normalize_options(mapping: Mapping[str, Any], source: str = "options") -> dict[str, Any]:
-    """Canonical names and validated values for the options a layer sets.
-
-    ``mapping`` keys may use underscores, dashes, a leading ``--`` or an alias (:data:`ALIASES`);
-    entries whose value is ``None`` are "not set" and dropped. ``source`` names the layer in error
-    messages (``"presets/fast.yaml"``, ``"manifest job 3"``). Raises :class:`UsageError` for an
-    unknown key (with a difflib suggestion), a key given twice under two spellings, or a bad value.
-    """
-    out: dict[str, Any] = {}
-    spelled: dict[str, str] = {}
-    for key, value in mapping.items():
-        name = canonical_key(key, source)
-        if name in spelled:
-            raise UsageError(
-                f"option {name!r} given twice in {source} (as {spelled[name]!r} and {key!r})",
-                "keep one of them",
-            )
-        spelled[name] = str(key)
-        if value is None:
-            continue
-        try:
-            out[name] = _coerce(name, value)
-        except UsageError as exc:
-            raise UsageError(f"{exc.message} in {source}", exc.hint) from None
-    return out
-
-
-def list_presets() -> dict[str, str]:
-    """Presets shipped in :data:`PRESETS_DIR`: name -> description (empty if the file has none)."""
-    found: dict[str, str] = {}
-    for path in sorted(PRESETS_DIR.glob("*.yaml")):
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError):
-            data = {}
-        found[path.stem] = str(data.get("description", "")) if isinstance(data, dict) else ""
-    return found
-
-
-def _preset_path(name_or_path: str | os.PathLike) -> Path:
-    text = os.fspath(name_or_path)
-    looks_like_path = isinstance(name_or_path, os.PathLike) or any(
-        s in text for s in ("/", os.sep, ".yaml", ".yml")
-    )
-    if looks_like_path:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise UsageError(
-                f"preset file {text!r} not found", "give a path to a .yaml file or a preset name"
-            )
-        return path
-    path = PRESETS_DIR / f"{text}.yaml"
-    if path.is_file():
-        return path
-    names = list(list_presets())
-    close = difflib.get_close_matches(text, names, n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"available presets: {', '.join(names) or 'none'}"
-    raise UsageError(f"unknown preset {text!r}", hint)
-
-
-def load_preset(name_or_path: str | os.PathLike) -> dict[str, Any]:
-    """Read a preset: a name in :data:`PRESETS_DIR` (``"fast"``) or a path to a YAML file.
-
-    A preset is a flat YAML mapping of options (keys as in :func:`normalize_options`) plus an
-    optional ``description``. Relative paths in it (``model``, ``model_config``, ``reference``) are
-    taken relative to the preset file's folder. Returns the normalised, validated options it sets.
-    Raises :class:`UsageError` for an unknown preset (with a suggestion), a missing or unreadable
-    file, invalid YAML, a non-mapping document, an unknown key or a bad value.
-    """
-    path = _preset_path(name_or_path)
-    try:
-        shown = path.resolve().relative_to(PRESETS_DIR.parent)
-    except ValueError:
-        shown = path
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot read preset {shown}: {exc.strerror or exc}", "check the path") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"invalid YAML in preset {shown}{where}", "fix the file's syntax") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UsageError(f"preset {shown} must be a mapping of option: value", "see presets/default.yaml")
-    options = normalize_options({k: v for k, v in data.items() if k not in PRESET_META_KEYS}, str(shown))
-    base = path.resolve().parent
-    for name in ("model", "model_config", "init_video"):
-        if name in options and not options[name].is_absolute():
-            options[name] = base / options[name]
-    if "lora" in options:
-        options["lora"] = local_or_hub(options["lora"], base)
-    if "reference" in options:
-        options["reference"] = tuple(p if p.is_absolute() else base / p for p in options["reference"])
-    return options
-
-
-def local_or_hub(lora: str, base: Path) -> str:
-    """A relative ``lora`` that names an existing file or folder under ``base`` becomes that absolute
-    path; anything else (absolute paths, Hugging Face repo ids) is kept as written."""
-    candidate = base / lora
-    return str(candidate) if not Path(lora).is_absolute() and candidate.exists() else lora
-
-
-def resolve_options(
-    flags: Mapping[str, Any] | None = None,
-    preset: str | os.PathLike | None = None,
-    defaults_layers: Sequence[Mapping[str, Any]] = (),
-) -> AnimateOptions:
-    """Combine the option layers into one validated :class:`AnimateOptions`.
-
-    Precedence, highest first: ``flags`` > ``defaults_layers[0]`` > ``defaults_layers[1]`` > ... >
-    ``preset`` > built-in defaults. For ``animate``, ``flags`` are the options given on the command
-    line and ``defaults_layers`` is empty; for ``batch``, ``flags`` is the job entry and
-    ``defaults_layers`` is ``[manifest_defaults]``. In every layer a value of ``None`` means "not
-    set", so pass every Typer option with a ``None`` default. Keys as in :func:`normalize_options`.
-
-    Raises :class:`UsageError` for unknown keys, bad values, an unknown preset, or an invalid
-    combination (``paste_back`` with ``crop`` off).
-    """
-    merged: dict[str, Any] = {}
-    if preset is not None:
-        merged.update(load_preset(preset))
-    for i, layer in reversed(list(enumerate(defaults_layers))):
-        merged.update(normalize_options(layer, source=f"defaults layer {i}"))
-    merged.update(normalize_options(flags or {}, source="flags"))
-    return AnimateOptions(**merged)
-
-
-def options_to_dict(options: AnimateOptions, *, output_only: bool = False) -> dict[str, Any]:
-    """Options as a plain JSON-able dict with sorted keys (stable across field reordering).
-
-    Paths become strings, ``reference`` a list of strings. With ``output_only=True`` the options
-    that change only speed or memory (metadata ``affects_output=False``: ``batch_guidance``,
-    ``decode_chunk_size``, ``offload``, ``compile``) are left out, so a job fingerprint survives
-    them. ``resolve_options(options_to_dict(o)) == o``.
-    """
-    out: dict[str, Any] = {}
-    for name in sorted(OPTION_NAMES):
-        if output_only and not _FIELDS[name].metadata.get("affects_output", True):
-            continue
-        value = getattr(options, name)
-        if isinstance(value, Path):
-            value = str(value)
-        elif isinstance(value, tuple):
-            value = [str(v) if isinstance(v, Path) else v for v in value]
-        out[name] = value
-    return out

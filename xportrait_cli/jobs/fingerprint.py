@@ -16,8 +16,8 @@ from typing import Any
 
 import av
 
-from xportrait_cli.config import options_to_dict
 from xportrait_cli.jobs.spec import JobSpec
+from xportrait_cli.option_layers import options_to_dict
 
 FINGERPRINT_VERSION = 1
 TAG_PREFIX = "xportrait-fingerprint:"

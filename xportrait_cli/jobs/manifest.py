@@ -12,7 +12,7 @@ Each job has ``portrait`` and ``driving`` (required), ``output`` and ``name`` (o
 option of ``xportrait animate`` spelled with underscores or dashes (``model_config`` or
 ``model-config``, alias ``steps``), ``reference`` included. ``defaults:`` may hold options and a
 shared ``portrait`` or ``driving``. Precedence, highest first: job > manifest defaults > preset >
-built-in defaults (:func:`xportrait_cli.config.resolve_options`).
+built-in defaults (:func:`xportrait_cli.option_layers.resolve_options`).
 
 Paths: relative input paths (``portrait``, ``driving``, ``reference``, ``model``,
 ``model_config``, ``init_video``, and ``lora`` when such a file exists; otherwise ``lora`` is a
@@ -43,15 +43,12 @@ from typing import Any, TextIO
 
 import yaml
 
-from xportrait_cli.config import (
-    canonical_key,
-    load_preset,
-    local_or_hub,
-    normalize_options,
-    resolve_options,
-)
 from xportrait_cli.errors import InputError, UsageError
+from xportrait_cli.jobs.inputs import input_problem
 from xportrait_cli.jobs.spec import JobSpec, output_path
+from xportrait_cli.option_checks import anchor
+from xportrait_cli.option_layers import anchor_paths, canonical_items, normalize_options, resolve_options
+from xportrait_cli.presets import load_preset
 
 #: Keys of a job entry that are not options.
 JOB_KEYS: tuple[str, ...] = ("portrait", "driving", "output", "name")
@@ -65,7 +62,6 @@ FORMATS: dict[str, tuple[str, ...]] = {
 }
 #: Separator of several ``reference`` paths in one CSV cell.
 CSV_LIST_SEPARATOR = ";"
-_PATH_OPTIONS = ("model", "model_config", "init_video")
 
 
 class ManifestError(UsageError):
@@ -327,11 +323,6 @@ def _path_value(value: Any, key: str, where: str) -> Path:
     raise UsageError(f"invalid {key} {value!r} in {where}: must be a file path")
 
 
-def _anchor(path: Path, base: Path) -> Path:
-    """``path`` made absolute against ``base``, ``..`` folded lexically (symlinks are kept)."""
-    return Path(os.path.normpath(path if path.is_absolute() else base.absolute() / path))
-
-
 def _split(
     data: Any, where: str, base: Path, allowed: tuple[str, ...]
 ) -> tuple[dict[str, Path | str], dict[str, Any]]:
@@ -343,28 +334,12 @@ def _split(
         )
     fields: dict[str, Any] = {}
     options: dict[str, Any] = {}
-    spelled: dict[str, str] = {}
-    for key, value in data.items():
-        name = canonical_key(key, where, allowed)
-        if name in spelled:
-            raise UsageError(
-                f"{name!r} given twice in {where} (as {spelled[name]!r} and {key!r})", "keep one of them"
-            )
-        spelled[name] = str(key)
-        if name in allowed:
-            if value is not None:
-                fields[name] = value if name == "name" else _path_value(value, name, where)
-        else:
-            options[key] = value
-    options = normalize_options(options, source=where)
-    for name in _PATH_OPTIONS:
-        if name in options:
-            options[name] = _anchor(options[name], base)
-    if "reference" in options:
-        options["reference"] = tuple(_anchor(p, base) for p in options["reference"])
-    if "lora" in options:  # a repo id stays as written
-        options["lora"] = local_or_hub(options["lora"], base)
-    return fields, options
+    for name, value in canonical_items(data, where, allowed).items():
+        if name not in allowed:
+            options[name] = value
+        elif value is not None:
+            fields[name] = value if name == "name" else _path_value(value, name, where)
+    return fields, anchor_paths(normalize_options(options, source=where), base)
 
 
 def _build_job(
@@ -386,36 +361,17 @@ def _build_job(
     except UsageError as exc:
         message = exc.message if where in exc.message else f"{exc.message} in {where}"
         raise UsageError(message, exc.hint) from None
-    portrait = _anchor(fields["portrait"], base).absolute()
-    driving = _anchor(fields["driving"], base).absolute()
+    portrait = anchor(fields["portrait"], base).absolute()
+    driving = anchor(fields["driving"], base).absolute()
     folder = output_dir or base
     try:
-        given = _anchor(fields["output"], folder) if "output" in fields else None
+        given = anchor(fields["output"], folder) if "output" in fields else None
         output = output_path(given, portrait, driving, folder)
     except UsageError as exc:
         raise UsageError(f"{exc.message} in {where}", exc.hint) from None
     name = str(fields["name"]).strip() if fields.get("name") not in (None, "") else None
     spec = JobSpec(portrait, driving, output.absolute(), resolved, name)
-    return ManifestJob(index, where, spec, _input_problem(spec, where))
-
-
-def _input_problem(spec: JobSpec, where: str) -> InputError | None:
-    """The first missing or unreadable input file of ``spec``, as an InputError naming ``where``."""
-    opts = spec.options
-    inputs = [("portrait", spec.portrait), ("driving video", spec.driving)]
-    inputs += [("reference portrait", r) for r in opts.reference]
-    inputs += [("model", opts.model)] if opts.model is not None else []
-    inputs += [("model config", opts.model_config)] if opts.model_config is not None else []
-    inputs += [("init video", opts.init_video)] if opts.init_video is not None else []
-    hint = f"check the path in {where}"
-    for label, path in inputs:
-        if not path.exists():
-            return InputError(f"{path}: {label} not found", hint)
-        if label != "model" and path.is_dir():  # a converted model is a folder
-            return InputError(f"{path}: {label} is a folder, not a file", hint)
-        if not os.access(path, os.R_OK):
-            return InputError(f"{path}: {label} is not readable", hint)
-    return None
+    return ManifestJob(index, where, spec, input_problem(spec, f"check the path in {where}"))
 
 
 __all__ = [

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xportrait_cli.errors import DiskSpaceError, InputError
+from xportrait_cli.jobs.inputs import input_problem
 from xportrait_cli.jobs.spec import JobSpec
 from xportrait_cli.video.reader import VideoInfo, probe_video, select_frames
 
@@ -57,16 +58,8 @@ def check_inputs(spec: JobSpec) -> Inputs:
     """
     from xportrait_cli.image import load_image
 
-    for label, path in (
-        ("portrait", spec.portrait),
-        ("driving video", spec.driving),
-        *(("reference portrait", r) for r in spec.options.reference),
-        *((("init video", spec.options.init_video),) if spec.options.init_video else ()),
-    ):
-        if not path.exists():
-            raise InputError(f"{path}: {label} not found", "check the path")
-        if path.is_dir():
-            raise InputError(f"{path}: {label} is a folder, not a file", "pass a file")
+    if (problem := input_problem(spec, "check the path")) is not None:
+        raise problem
     if not spec.output.parent.is_dir():
         raise InputError(
             f"{spec.output.parent}: output folder does not exist", "create it or pass another -o"
