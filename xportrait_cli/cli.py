@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click.exceptions import ClickException
 from rich.console import Console
 
-from xportrait_cli.config import help_text
+from xportrait_cli.config import OPTION_NAMES, OUTPUT, SAMPLING, default_of, help_text, option_field
 from xportrait_cli.errors import XPortraitError
 
 app = typer.Typer(
@@ -200,109 +200,111 @@ def inspect_command(
         err_console.print(f"preview written to {result.preview}", markup=False)
 
 
+def _shown(value: object) -> str | bool:
+    """A built-in default as ``--help`` shows it (False: none shown)."""
+    if value is None or value == ():
+        return False
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value).lower()
+
+
+def _option(name: str, *decls: str, **extra: object) -> typer.models.OptionInfo:
+    """The Typer option of the job option ``name``: flag (``--x/--no-x`` for a switch), help text,
+    ``--help`` panel, shown default and environment variable, all from its field's metadata."""
+    meta = option_field(name).metadata
+    flag, default = meta["flag"], default_of(name)
+    if not decls:
+        decls = (f"{flag}/--no-{flag[2:]}",) if isinstance(default, bool) else (flag,)
+    return typer.Option(
+        *decls, help=meta["help"], rich_help_panel=meta["panel"], show_default=_shown(default),
+        envvar=meta.get("envvar"), **extra,
+    )  # fmt: skip
+
+
 @app.command("animate")
 def animate_command(
     portrait: Annotated[Path, typer.Argument(help="Portrait image (PNG, JPEG, WebP, ...).")],
     driving: Annotated[Path, typer.Argument(help="Driving video (or a single image).")],
+    model: Annotated[Path | None, _option("model")] = None,
+    model_config: Annotated[Path | None, _option("model_config")] = None,
+    start: Annotated[int | None, _option("start")] = None,
+    frames: Annotated[int | None, _option("frames")] = None,
+    stride: Annotated[int | None, _option("stride")] = None,
+    reference: Annotated[list[Path] | None, _option("reference")] = None,
+    init_video: Annotated[Path | None, _option("init_video")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Preset name (presets/*.yaml) or YAML path; flags override it.", rich_help_panel=SAMPLING
+        ),
+    ] = None,
+    num_inference_steps: Annotated[int | None, _option("num_inference_steps")] = None,
+    guidance_scale: Annotated[float | None, _option("guidance_scale")] = None,
+    guidance_interval: Annotated[
+        tuple[float, float] | None, _option("guidance_interval", metavar="LO HI")
+    ] = None,
+    num_mix: Annotated[int | None, _option("num_mix")] = None,
+    seed: Annotated[int | None, _option("seed")] = None,
+    reference_mode: Annotated[str | None, _option("reference_mode")] = None,
+    control_mode: Annotated[str | None, _option("control_mode")] = None,
+    noised_reference: Annotated[
+        bool | None, _option("noised_reference", "--noised-reference/--clean-reference")
+    ] = None,
+    scheduler: Annotated[str | None, _option("scheduler")] = None,
+    lora: Annotated[str | None, _option("lora", metavar="PATH|REPO")] = None,
+    lora_scale: Annotated[float | None, _option("lora_scale")] = None,
+    best_frame: Annotated[int | None, _option("best_frame")] = None,
+    landmarks: Annotated[str | None, _option("landmarks")] = None,
+    crop: Annotated[str | None, _option("crop")] = None,
     output: Annotated[
         Path | None,
         typer.Option(
             "-o",
             "--output",
             help="Output .mp4, or an existing folder (default: <portrait>--<driving>.mp4 here).",
+            rich_help_panel=OUTPUT,
         ),
     ] = None,
-    model: Annotated[Path | None, typer.Option(help=help_text("model"), envvar="XPORTRAIT_MODEL")] = None,
-    model_config: Annotated[Path | None, typer.Option(help=help_text("model_config"))] = None,
-    preset: Annotated[
-        str | None, typer.Option(help="Preset name (presets/*.yaml) or YAML path; flags override it.")
-    ] = None,
-    steps: Annotated[int | None, typer.Option(help=help_text("num_inference_steps"))] = None,
-    guidance_scale: Annotated[float | None, typer.Option(help=help_text("guidance_scale"))] = None,
-    num_mix: Annotated[int | None, typer.Option(help=help_text("num_mix"))] = None,
-    seed: Annotated[int | None, typer.Option(help=help_text("seed"))] = None,
-    best_frame: Annotated[int | None, typer.Option(help=help_text("best_frame"))] = None,
-    start: Annotated[int | None, typer.Option(help=help_text("start"))] = None,
-    frames: Annotated[int | None, typer.Option(help=help_text("frames"))] = None,
-    stride: Annotated[int | None, typer.Option(help=help_text("stride"))] = None,
-    size: Annotated[int | None, typer.Option(help=help_text("size"))] = None,
-    reference: Annotated[list[Path] | None, typer.Option(help=help_text("reference"))] = None,
-    landmarks: Annotated[str | None, typer.Option(help=help_text("landmarks"))] = None,
-    device: Annotated[str | None, typer.Option(help=help_text("device"))] = None,
-    dtype: Annotated[str | None, typer.Option(help=help_text("dtype"))] = None,
-    reference_mode: Annotated[str | None, typer.Option(help=help_text("reference_mode"))] = None,
-    batch_guidance: Annotated[str | None, typer.Option(help=help_text("batch_guidance"))] = None,
-    decode_chunk_size: Annotated[int | None, typer.Option(help=help_text("decode_chunk_size"))] = None,
-    offload: Annotated[str | None, typer.Option(help=help_text("offload"))] = None,
-    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help=help_text("compile"))] = None,
-    crop: Annotated[str | None, typer.Option(help=help_text("crop"))] = None,
-    paste_back: Annotated[
-        bool | None, typer.Option("--paste-back/--no-paste-back", help=help_text("paste_back"))
-    ] = None,
-    comparison: Annotated[
-        bool | None, typer.Option("--comparison/--no-comparison", help=help_text("comparison"))
-    ] = None,
-    init_video: Annotated[Path | None, typer.Option(help=help_text("init_video"))] = None,
-    control_mode: Annotated[str | None, typer.Option(help=help_text("control_mode"))] = None,
-    noised_reference: Annotated[
-        bool | None,
-        typer.Option("--noised-reference/--clean-reference", help=help_text("noised_reference")),
-    ] = None,
-    guidance_interval: Annotated[
-        tuple[float, float] | None,
-        typer.Option(metavar="LO HI", help=help_text("guidance_interval")),
-    ] = None,
-    lora: Annotated[str | None, typer.Option(metavar="PATH|REPO", help=help_text("lora"))] = None,
-    lora_scale: Annotated[float | None, typer.Option(help=help_text("lora_scale"))] = None,
-    scheduler: Annotated[str | None, typer.Option(help=help_text("scheduler"))] = None,
+    size: Annotated[int | None, _option("size")] = None,
+    paste_back: Annotated[bool | None, _option("paste_back")] = None,
+    comparison: Annotated[bool | None, _option("comparison")] = None,
+    device: Annotated[str | None, _option("device")] = None,
+    dtype: Annotated[str | None, _option("dtype")] = None,
+    batch_guidance: Annotated[str | None, _option("batch_guidance")] = None,
+    offload: Annotated[str | None, _option("offload")] = None,
+    decode_chunk_size: Annotated[int | None, _option("decode_chunk_size")] = None,
+    compile: Annotated[bool | None, _option("compile")] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Redo the job even if a finished output or checkpoint matches.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Redo the job even if a finished output or checkpoint matches.",
+            rich_help_panel=OUTPUT,
+        ),
     ] = False,
     keep_work: Annotated[
         bool,
-        typer.Option("--keep-work", help="Keep the working directory <output>.xportrait/ after success."),
+        typer.Option(
+            "--keep-work",
+            help="Keep the working directory <output>.xportrait/ after success.",
+            rich_help_panel=OUTPUT,
+        ),
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the output path.")] = False,
-    json_lines: Annotated[bool, typer.Option("--json", help="One JSON object per event on stdout.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the output path.", rich_help_panel=OUTPUT)
+    ] = False,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="One JSON object per event on stdout.", rich_help_panel=OUTPUT)
+    ] = False,
 ) -> None:
     """Animate PORTRAIT with the motion of DRIVING and write an MP4 (audio kept, resumable)."""
+    given = locals()  # every parameter: the job options are named like AnimateOptions' fields
     from xportrait_cli.jobs import JobSpec, run_job
     from xportrait_cli.jobs.spec import output_path
     from xportrait_cli.option_layers import resolve_options
     from xportrait_cli.progress import choose_mode, make_sink
 
-    flags = dict(
-        model=model,
-        model_config=model_config,
-        num_inference_steps=steps,
-        guidance_scale=guidance_scale,
-        num_mix=num_mix,
-        seed=seed,
-        best_frame=best_frame,
-        start=start,
-        frames=frames,
-        stride=stride,
-        size=size,
-        reference=reference or None,
-        landmarks=landmarks,
-        device=device,
-        dtype=dtype,
-        reference_mode=reference_mode,
-        batch_guidance=batch_guidance,
-        decode_chunk_size=decode_chunk_size,
-        offload=offload,
-        compile=compile,
-        crop=crop,
-        paste_back=paste_back,
-        comparison=comparison,
-        init_video=init_video,
-        control_mode=control_mode,
-        noised_reference=noised_reference,
-        guidance_interval=guidance_interval,
-        lora=lora,
-        lora_scale=lora_scale,
-        scheduler=scheduler,
-    )
+    flags = {name: given[name] for name in OPTION_NAMES}
+    flags["reference"] = flags["reference"] or None  # no --reference: not set (a preset's stay)
     _log_to_stderr("WARNING")
     options = resolve_options(flags, preset=preset)
     spec = JobSpec(portrait, driving, output_path(output, portrait, driving), options)
@@ -412,40 +414,32 @@ def batch_command(
         float | None, typer.Option(help="With --ray: CPUs per job, its torch threads (default 1).")
     ] = None,
 ) -> None:
-    """Run every job of MANIFEST: skip finished ones, resume interrupted ones, isolate failures.
+    """Run every job of MANIFEST: skip finished ones, resume interrupted ones,
+    isolate failures.
 
-    Options come from each job, then the manifest's defaults, then --preset, then the built-in
-    defaults (no animate flags here: put batch-wide settings in `defaults:` or a preset). The whole
-    manifest is checked first (exit 2 on a manifest error); exit 3 when a job failed, 130 on Ctrl-C.
-    With --ray the jobs run at once on a Ray cluster, with the same summary and exit codes; a job
-    whose worker or node dies is run again and resumes from its last step.
+    Options come from each job, then the manifest's defaults, then --preset,
+    then the built-in defaults (no animate flags here: put batch-wide settings
+    in `defaults:` or a preset). The whole manifest is checked first (exit 2 on
+    a manifest error); exit 3 when a job failed, 130 on Ctrl-C. With --ray the
+    jobs run at once on a Ray cluster, with the same summary and exit codes; a
+    job whose worker or node dies is run again and resumes from its last step.
     """
     import json
 
-    from xportrait_cli.errors import UsageError
-    from xportrait_cli.jobs.batch import BatchInterrupted, Shard, run_batch
-    from xportrait_cli.jobs.manifest import load_manifest
-    from xportrait_cli.jobs.ray_batch import run_batch_ray
+    from xportrait_cli.jobs.batch import BatchInterrupted
+    from xportrait_cli.jobs.dispatch import run_manifest
     from xportrait_cli.progress import batch_table, choose_mode, make_sink
 
     _log_to_stderr("WARNING")
-    if ray is None and (num_gpus is not None or num_cpus is not None):
-        raise UsageError("--num-gpus and --num-cpus only apply with --ray", "e.g. --ray local --num-gpus 0")
-    if ray is not None and not ray.strip():
-        raise UsageError("--ray needs an address", "--ray local, --ray auto or --ray host:6379")
-    selected = Shard.parse(shard) if shard is not None else None
-    jobs = load_manifest(manifest, preset=preset, output_dir=output_dir, fmt=manifest_format)
     mode = choose_mode(quiet=quiet, json_lines=json_lines, console=err_console)
     interrupted: BatchInterrupted | None = None
-    common = dict(force=force, keep_work=keep_work, fail_fast=fail_fast, shard=selected)
     with make_sink(mode, err_console) as sink:
         try:
-            if ray is None:
-                summary = run_batch(jobs, sink, **common)
-            else:
-                given = {"num_gpus": num_gpus, "num_cpus": num_cpus}
-                resources = {name: value for name, value in given.items() if value is not None}
-                summary = run_batch_ray(jobs, sink, address=ray.strip(), **resources, **common)
+            summary = run_manifest(
+                manifest, sink, preset=preset, output_dir=output_dir, fmt=manifest_format, shard=shard,
+                ray=ray, num_gpus=num_gpus, num_cpus=num_cpus, force=force, keep_work=keep_work,
+                fail_fast=fail_fast,
+            )  # fmt: skip
         except BatchInterrupted as exc:
             summary, interrupted = exc.summary, exc
     if mode == "json":
