@@ -3,7 +3,7 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 export OMP_NUM_THREADS := "1"
 
-# Run the whole test suite (CPU, no weights needed; reads ../shared when present)
+# Run the whole test suite (CPU, no weights needed; uses the shared test data, XPORTRAIT_SHARED, when present)
 test *ARGS:
     python -m pytest -q {{ARGS}}
 
@@ -21,6 +21,8 @@ bench:
 bench-fullscale *ARGS:
     python benchmarks/fullscale.py {{ARGS}}
 
-# Animate the official demo pair (needs `xportrait download-weights` first)
-demo:
-    xportrait animate ../shared/media/xportrait_source.png ../shared/media/xportrait_driving.mp4 --best-frame 36 -o demo.mp4
+# Animate PORTRAIT with the motion of DRIVING into demo.mp4 (needs `xportrait download-weights` first);
+# extra animate options follow, e.g. `just demo xportrait_source.png xportrait_driving.mp4 --best-frame 36`
+demo PORTRAIT="" DRIVING="" *ARGS="":
+    @if [ -z "{{PORTRAIT}}" ] || [ -z "{{DRIVING}}" ]; then echo "usage: just demo PORTRAIT DRIVING [animate options]  (a portrait image and a driving video)" >&2; exit 2; fi
+    xportrait animate "{{PORTRAIT}}" "{{DRIVING}}" -o demo.mp4 {{ARGS}}
