@@ -207,6 +207,11 @@ def _shown(value: object) -> str | bool:
     return " ".join(map(str, value)) if isinstance(value, tuple) else str(value).lower()
 
 
+def _output(*decls: str, help: str) -> typer.models.OptionInfo:
+    """A CLI-only option of ``animate`` (not a job option), in the Output panel of ``--help``."""
+    return typer.Option(*decls, help=help, rich_help_panel=OUTPUT)
+
+
 def _option(name: str, *decls: str, **extra: object) -> typer.models.OptionInfo:
     """The Typer option of the job option ``name``: flag (``--x/--no-x`` for a switch), help text,
     ``--help`` panel, shown default and environment variable, all from its field's metadata."""
@@ -257,11 +262,10 @@ def animate_command(
     crop: Annotated[str | None, _option("crop")] = None,
     output: Annotated[
         Path | None,
-        typer.Option(
+        _output(
             "-o",
             "--output",
             help="Output .mp4, or an existing folder (default: <portrait>--<driving>.mp4 here).",
-            rich_help_panel=OUTPUT,
         ),
     ] = None,
     size: Annotated[int | None, _option("size")] = None,
@@ -274,27 +278,13 @@ def animate_command(
     decode_chunk_size: Annotated[int | None, _option("decode_chunk_size")] = None,
     compile: Annotated[bool | None, _option("compile")] = None,
     force: Annotated[
-        bool,
-        typer.Option(
-            "--force",
-            help="Redo the job even if a finished output or checkpoint matches.",
-            rich_help_panel=OUTPUT,
-        ),
+        bool, _output("--force", help="Redo the job even if a finished output or checkpoint matches.")
     ] = False,
     keep_work: Annotated[
-        bool,
-        typer.Option(
-            "--keep-work",
-            help="Keep the working directory <output>.xportrait/ after success.",
-            rich_help_panel=OUTPUT,
-        ),
+        bool, _output("--keep-work", help="Keep the working directory <output>.xportrait/ after success.")
     ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Print only the output path.", rich_help_panel=OUTPUT)
-    ] = False,
-    json_lines: Annotated[
-        bool, typer.Option("--json", help="One JSON object per event on stdout.", rich_help_panel=OUTPUT)
-    ] = False,
+    quiet: Annotated[bool, _output("--quiet", "-q", help="Print only the output path.")] = False,
+    json_lines: Annotated[bool, _output("--json", help="One JSON object per event on stdout.")] = False,
 ) -> None:
     """Animate PORTRAIT with the motion of DRIVING and write an MP4 (audio kept, resumable)."""
     given = locals()  # every parameter: the job options are named like AnimateOptions' fields
@@ -359,6 +349,13 @@ def crop_command(
     typer.echo(info.output)
 
 
+_RAY_HELP = (
+    "Run the jobs as Ray tasks, one per job: `local` starts Ray on this machine, `auto` joins the "
+    "cluster started here with `ray start`, or a cluster address (ray://host:10001, host:6379). "
+    "Outputs must be on storage every node sees. Needs `pip install 'xportrait\\[ray]'`."
+)
+
+
 @app.command("batch")
 def batch_command(
     manifest: Annotated[str, typer.Argument(help="Job manifest: YAML, CSV or JSONL file, or - for stdin.")],
@@ -398,13 +395,7 @@ def batch_command(
     ] = False,
     ray: Annotated[
         str | None,
-        typer.Option(
-            "--ray",
-            metavar="ADDRESS",
-            help="Run the jobs as Ray tasks, one per job: `local` starts Ray on this machine, `auto` "
-            "joins the cluster started here with `ray start`, or a cluster address (ray://host:10001, "
-            "host:6379). Outputs must be on storage every node sees. Needs `pip install 'xportrait\\[ray]'`.",
-        ),
+        typer.Option("--ray", metavar="ADDRESS", help=_RAY_HELP),
     ] = None,
     num_gpus: Annotated[
         float | None,
@@ -424,11 +415,9 @@ def batch_command(
     jobs run at once on a Ray cluster, with the same summary and exit codes; a
     job whose worker or node dies is run again and resumes from its last step.
     """
-    import json
-
     from xportrait_cli.jobs.batch import BatchInterrupted
     from xportrait_cli.jobs.dispatch import run_manifest
-    from xportrait_cli.progress import batch_table, choose_mode, make_sink
+    from xportrait_cli.progress import choose_mode, make_sink
 
     _log_to_stderr("WARNING")
     mode = choose_mode(quiet=quiet, json_lines=json_lines, console=err_console)
@@ -442,6 +431,20 @@ def batch_command(
             )  # fmt: skip
         except BatchInterrupted as exc:
             summary, interrupted = exc.summary, exc
+    _print_summary(summary, mode)
+    if interrupted is not None:
+        raise interrupted
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
+
+
+def _print_summary(summary, mode: str) -> None:
+    """A batch's result: the summary object on stdout (``json``), failed jobs on stderr
+    (``quiet``), else the table on stderr."""
+    import json
+
+    from xportrait_cli.progress import batch_table
+
     if mode == "json":
         typer.echo(json.dumps(summary.to_dict()))
     elif mode == "quiet":
@@ -450,10 +453,6 @@ def batch_command(
                 err_console.print(f"failed: {job.label}: {job.error}", markup=False)
     else:
         err_console.print(batch_table(summary))
-    if interrupted is not None:
-        raise interrupted
-    if summary.exit_code:
-        raise typer.Exit(summary.exit_code)
 
 
 def _log_to_stderr(level: str) -> None:
