@@ -217,8 +217,9 @@ def ddim_timesteps(num_inference_steps: int) -> list[int]:
 
     Official ``ddim_discretize="uniform"``: ``arange(0, 1000, 1000 // S) + 1`` with the step-count
     assert commented out, so S=30 gives **31** steps ``[991, 958, ..., 34, 1]``, S=15 gives 16 and
-    S=25 gives 25 (spec §3.9). Raises :class:`UsageError` for an S outside 1..1000 or one whose
-    list would reach timestep 1000 (see :func:`check_steps`).
+    S=25 gives 25 (official ``ddim.py`` ``make_schedule`` via ``make_ddim_timesteps``). Raises
+    :class:`UsageError` for an S outside 1..1000 or one whose list would reach timestep 1000 (see
+    :func:`check_steps`).
     """
     check_steps(num_inference_steps)
     stride = TRAIN_TIMESTEPS // num_inference_steps
