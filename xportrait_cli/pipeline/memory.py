@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from xportrait_cli.errors import OutOfMemoryPlanError
+from xportrait_cli.pipeline.windows import WINDOW
 
 GIB = 1024**3
 #: Activations of one 16-frame pass (main UNet + both ControlNets) at 512², width 320, 2 bytes.
@@ -43,8 +44,9 @@ VAE_FRAME_BYTES_512 = int(8.6e9 / 16)
 ALLOWANCE_BYTES = int(0.75 * GIB)
 #: VAE decode chunk sizes tried when ``decode_chunk_size`` is automatic, largest first.
 DECODE_CHUNKS = (4, 2, 1)
-#: ControlNet residuals kept for the next window: at most the overlap, 15 frames, plus one window.
-RESIDUAL_FRAMES = 15 + 16
+#: ControlNet residuals kept for the next window: at most the overlap (``num_mix < WINDOW``) plus one
+#: window.
+RESIDUAL_FRAMES = (WINDOW - 1) + WINDOW
 
 
 @dataclass(frozen=True)
