@@ -87,12 +87,12 @@ def component_flops(networks, size: int = 512, window: int = 16) -> dict[str, fl
             lambda: [c.controlnet_cond_embedding(hint) for c in (nets.pose_controlnet, nets.local_controlnet)]
         ),
         "unet_cond_bank16": count_flops(
-            lambda: nets.predict_noise(x, t, num_frames=window, bank=bank16, residuals=residuals)
+            lambda: nets.predict_noise(x, t, window_length=window, bank=bank16, residuals=residuals)
         ),
         "unet_cond_bank1": count_flops(
-            lambda: nets.predict_noise(x, t, num_frames=window, bank=bank1, residuals=residuals)
+            lambda: nets.predict_noise(x, t, window_length=window, bank=bank1, residuals=residuals)
         ),
-        "unet_uncond": count_flops(lambda: nets.predict_noise(x, t, num_frames=window)),
+        "unet_uncond": count_flops(lambda: nets.predict_noise(x, t, window_length=window)),
         "vae_encode_1": count_flops(lambda: nets.vae.encode(torch.empty(1, 3, size, size, **meta))),
         "vae_decode_1": count_flops(lambda: nets.vae.decode(torch.empty(1, 4, h, h, **meta))),
     }

@@ -57,13 +57,13 @@ class TemporalSelfAttention(Attention):
         )
         self.pos_encoder = PositionalEncoding(channels)
 
-    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, hidden_states: torch.Tensor, window_length: int) -> torch.Tensor:  # type: ignore[override]
         bf, pixels, channels = hidden_states.shape
-        batch = bf // num_frames
-        x = hidden_states.view(batch, num_frames, pixels, channels).transpose(1, 2)
-        x = x.reshape(batch * pixels, num_frames, channels)
+        batch = bf // window_length
+        x = hidden_states.view(batch, window_length, pixels, channels).transpose(1, 2)
+        x = x.reshape(batch * pixels, window_length, channels)
         x = super().forward(self.pos_encoder(x))
-        x = x.view(batch, pixels, num_frames, channels).transpose(1, 2)
+        x = x.view(batch, pixels, window_length, channels).transpose(1, 2)
         return x.reshape(bf, pixels, channels)
 
 
@@ -77,9 +77,9 @@ class TemporalTransformerBlock(nn.Module):
         self.ff = FeedForward(channels, activation_fn="geglu")
         self.ff_norm = nn.LayerNorm(channels)
 
-    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, window_length: int) -> torch.Tensor:
         for attention, norm in zip(self.attention_blocks, self.norms, strict=True):
-            hidden_states = attention(norm(hidden_states), num_frames) + hidden_states
+            hidden_states = attention(norm(hidden_states), window_length) + hidden_states
         return self.ff(self.ff_norm(hidden_states)) + hidden_states
 
 
@@ -87,8 +87,9 @@ class TemporalModule(nn.Module):
     """One motion module: per-frame GroupNorm, ``proj_in``, a temporal transformer block, ``proj_out``.
 
     Input and output: latents-like features ``(batch·frames, C, H, W)`` with frames contiguous per
-    video (frame-major inside each video). ``num_frames`` is the window length (16 officially; any
-    length ≤ 24 works). The output adds the module's result to its input (official residual).
+    video (frame-major inside each video). ``window_length`` is the number of frames per video, the
+    sampler's window (16 officially; any length ≤ 24 works). The output adds the module's result to
+    its input (official residual).
     """
 
     def __init__(self, channels: int, heads: int = 8, groups: int = 32) -> None:
@@ -98,15 +99,15 @@ class TemporalModule(nn.Module):
         self.transformer_blocks = nn.ModuleList([TemporalTransformerBlock(channels, heads)])
         self.proj_out = nn.Linear(channels, channels)
 
-    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, window_length: int) -> torch.Tensor:
         bf, channels, height, width = hidden_states.shape
-        if bf % num_frames:
-            raise ValueError(f"batch {bf} is not a multiple of num_frames={num_frames}")
+        if bf % window_length:
+            raise ValueError(f"batch {bf} is not a multiple of window_length={window_length}")
         x = self.norm(hidden_states)
         x = x.permute(0, 2, 3, 1).reshape(bf, height * width, channels)
         x = self.proj_in(x)
         for block in self.transformer_blocks:
-            x = block(x, num_frames)
+            x = block(x, window_length)
         x = self.proj_out(x)
         x = x.reshape(bf, height, width, channels).permute(0, 3, 1, 2)
         return x + hidden_states

@@ -14,14 +14,14 @@ and decodes ``1``, ``2`` or ``4`` frames per VAE call, the most that fits. None 
 only fills in ``auto``. At run time, running out of memory anyway steps down the same ladder
 (:meth:`MemoryPlan.fallback`; the runner resumes from the last step's checkpoint).
 
-Estimates (source: issue #8's figures for the official model at 512², SD-1.5 widths, 2-byte dtype,
-SDPA flash/memory-efficient attention): one 16-frame UNet + ControlNet pass needs about 2.6 GB of
-activations; VAE decoding 16 frames at once peaks at 8.6 GB (0.54 GB a frame). Activations scale with
-the number of latent pixels (``(size/512)²``), the model width (``/320``) and the dtype's bytes. To
-these come the weights (counted exactly), the ControlNet residuals kept for overlapping windows
-(counted exactly from the widths) and a fixed allowance for the CUDA allocator's fragmentation and
-kernels' workspaces. Nothing depends on the number of frames: the pipeline keeps all N frames'
-latents in CPU memory and moves one window at a time. ``benchmarks/gpu.py`` measures the real peaks.
+Estimates (for the official model at 512², SD-1.5 widths, 2-byte dtype, SDPA flash/memory-efficient
+attention): one 16-frame UNet + ControlNet pass needs about 2.6 GB of activations; VAE decoding 16
+frames at once peaks at 8.6 GB (0.54 GB a frame). Activations scale with the number of latent pixels
+(``(size/512)²``), the model width (``/320``) and the dtype's bytes. To these come the weights
+(counted exactly), the ControlNet residuals kept for overlapping windows (counted exactly from the
+widths) and a fixed allowance for the CUDA allocator's fragmentation and kernels' workspaces.
+Nothing depends on the number of frames: the pipeline keeps all N frames' latents in CPU memory and
+moves one window at a time. ``benchmarks/gpu.py`` measures the real peaks.
 """
 
 from __future__ import annotations
