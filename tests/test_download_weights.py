@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from xportrait_cli import cli
 from xportrait_cli.errors import DownloadError, UsageError, WeightsMissingError
 from xportrait_cli.files import temp_path_for
-from xportrait_cli.weights import download, registry
+from xportrait_cli.weights import check, download, registry
 from xportrait_cli.weights.registry import FILENAME, LANDMARK_FILES, REPO_ID
 
 FAN, S3FD = LANDMARK_FILES["fan"], LANDMARK_FILES["s3fd"]
@@ -201,20 +201,20 @@ def test_dry_run_lists_sizes_and_writes_nothing(
 
 
 def test_check_reports_missing_then_ok_then_corrupt(hub: FakeHub) -> None:
-    before = download.check_weights(convert=False)
+    before = check.check_weights(convert=False)
     assert not before.ok
     assert before["checkpoint"].status == "missing" and before["fan"].status == "missing"
     download.download_weights(convert=False)
-    after = download.check_weights(convert=False)
+    after = check.check_weights(convert=False)
     assert after.ok, after.items
-    assert not download.check_weights(convert=True).ok  # no conversion yet
+    assert not check.check_weights(convert=True).ok  # no conversion yet
     blob = after["checkpoint"].path.resolve()
     blob.chmod(0o644)
     data = bytearray(blob.read_bytes())
     data[100] ^= 0xFF
     blob.write_bytes(bytes(data))
     os.utime(blob, ns=(1_000_000_000, 1_000_000_000))  # the change must show in the recorded stat
-    corrupt = download.check_weights(convert=False)
+    corrupt = check.check_weights(convert=False)
     assert corrupt["checkpoint"].status == "invalid"
     assert "mismatch" in corrupt["checkpoint"].detail
 
@@ -313,8 +313,8 @@ def test_download_and_convert_golden_checkpoint(golden: Path, tmp_path: Path, mo
     assert (folder / "config.json").is_file()
     assert "convert to fp32" in seen and "download checkpoint" in seen
     assert registry.default_model_path() == folder
-    assert download.check_weights(landmarks=False, dtype="fp32").ok
-    assert not download.check_weights(landmarks=False, dtype="fp16").ok
+    assert check.check_weights(landmarks=False, dtype="fp32").ok
+    assert not check.check_weights(landmarks=False, dtype="fp16").ok
     from xportrait_cli.models.loading import load_networks
 
     networks = load_networks(folder, device="meta")
@@ -332,7 +332,7 @@ def test_cuda_default_dtype_is_the_downloaded_one() -> None:
     names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
     assert names[resolve_dtype("auto", torch.device("cuda"))] == registry.CUDA_DTYPE
     assert names[resolve_dtype("auto", torch.device("cpu"))] == "fp32"
-    for function in (download.download_weights, download.check_weights, download.run):
+    for function in (download.download_weights, check.check_weights, download.run):
         assert inspect.signature(function).parameters["dtype"].default == registry.CUDA_DTYPE
     assert inspect.signature(cli.download_weights_command).parameters["dtype"].default == registry.CUDA_DTYPE
     hints = typing.get_type_hints(cli.download_weights_command, include_extras=True)
@@ -351,7 +351,7 @@ def test_dtype_names_are_one_map_checked_once(hub: FakeHub) -> None:
     assert {name: registry.torch_dtype(name) for name in registry.DTYPES} == expected
     for name, dtype in expected.items():
         assert resolve_dtype(name, torch.device("cpu")) == dtype
-    verbs = (download.download_weights, download.check_weights, download.run)
+    verbs = (download.download_weights, check.check_weights, download.run)
     calls = [functools.partial(verb, dtype="fp8") for verb in verbs]
     for call in (*calls, functools.partial(registry.torch_dtype, "fp8")):
         with pytest.raises(UsageError, match="'fp8' is not one of fp16, bf16, fp32") as info:

@@ -23,8 +23,9 @@ What lives where:
   that :func:`~xportrait_cli.weights.registry.default_model_path` finds the model without network
   access and ``check_weights`` need not re-hash 12 GB when nothing changed. (:mod:`.registry`)
 
-The verbs — ``download_weights``, ``check_weights`` and ``run`` (what ``xportrait download-weights``
-calls) — are in :mod:`.download`. :mod:`.registry` imports neither torch nor the models, so
-``xportrait_cli.face`` and the option validation can use it. Nothing here prints: progress goes to
-an optional ``progress(label, done, total)`` callback.
+The verbs — ``download_weights`` and ``run`` (what ``xportrait download-weights`` calls) — are in
+:mod:`.download`; ``check_weights`` (no network) and the report types in :mod:`.check`.
+:mod:`.registry` imports neither torch nor the models, so ``xportrait_cli.face`` and the option
+validation can use it. Nothing here prints: progress goes to an optional
+``progress(label, done, total)`` callback.
 """
