@@ -69,12 +69,17 @@ def download_weights_command(
             envvar="XPORTRAIT_LANDMARK_URL", help="Base URL of a mirror of the face-alignment weights."
         ),
     ] = None,
-    check: Annotated[bool, typer.Option(help="Report what is present and valid; download nothing.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="List sizes and targets; download nothing.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Report what is present and valid; download nothing.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List sizes and targets; download nothing.")
+    ] = False,
     lcm_lora: Annotated[
         bool,
         typer.Option(
-            help="Also fetch the experimental LCM-LoRA (latent-consistency/lcm-lora-sdv1-5), for preset lcm."
+            "--lcm-lora",
+            help="Also fetch the experimental LCM-LoRA (latent-consistency/lcm-lora-sdv1-5), for preset lcm.",
         ),
     ] = False,
 ) -> None:
