@@ -38,7 +38,7 @@ def _readme_table(heading: str) -> str:
 
 def test_dtype_help_says_what_resolve_dtype_does():
     from xportrait_cli.jobs.runner import resolve_dtype
-    from xportrait_cli.models.weights import CUDA_DTYPE
+    from xportrait_cli.weights.registry import CUDA_DTYPE
 
     names = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
     on_cpu = names[resolve_dtype("auto", torch.device("cpu"))]

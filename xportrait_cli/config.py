@@ -24,9 +24,11 @@ from typing import Any
 from xportrait_cli import option_checks as checks
 from xportrait_cli.errors import UsageError
 from xportrait_cli.option_checks import option
+from xportrait_cli.pipeline.defaults import DEFAULT_REFERENCE_MODE, OFFICIAL_DEFAULTS, REFERENCE_MODES
+from xportrait_cli.pipeline.guidance import CONTROL_MODES
+from xportrait_cli.pipeline.timesteps import LCM_ORIGINAL_STEPS, SCHEDULERS
+from xportrait_cli.pipeline.windows import WINDOW
 
-#: Most steps of the lcm scheduler (it picks its steps from 50 "original" ones).
-LCM_MAX_STEPS = 50
 #: Alternative names accepted for options in presets, manifests and flag mappings.
 ALIASES: dict[str, str] = {"steps": "num_inference_steps"}
 #: ``animate --help`` panels, in the order they are shown.
@@ -69,7 +71,7 @@ class AnimateOptions:
         panel=INPUTS,
     )
     num_inference_steps: int = option(
-        30,
+        OFFICIAL_DEFAULTS.num_inference_steps,
         "DDIM steps S, official meaning: timesteps arange(0,1000,1000//S)+1, so 30 runs 31 steps "
         "and 15 runs 16. S whose schedule reaches timestep 1000 (e.g. 27, 36, 101-111) is refused.",
         flag="--steps",
@@ -77,7 +79,7 @@ class AnimateOptions:
         panel=SAMPLING,
     )
     guidance_scale: float = option(
-        5.0,
+        OFFICIAL_DEFAULTS.guidance_scale,
         "Classifier-free guidance scale (official uc_scale 5): eps_u + scale*(eps_c - eps_u).",
         flag="--guidance-scale",
         coerce=checks.number(
@@ -86,20 +88,19 @@ class AnimateOptions:
         panel=SAMPLING,
     )
     num_mix: int = option(
-        4,
-        f"Overlapping frames between consecutive {checks.WINDOW_FRAMES}-frame windows (0 <= num_mix < "
-        f"{checks.WINDOW_FRAMES}); windows advance by {checks.WINDOW_FRAMES} - num_mix.",
+        OFFICIAL_DEFAULTS.num_mix,
+        f"Overlapping frames between consecutive {WINDOW}-frame windows (0 <= num_mix < "
+        f"{WINDOW}); windows advance by {WINDOW} - num_mix.",
         flag="--num-mix",
         coerce=checks.integer(
-            lambda v: 0 <= v < checks.WINDOW_FRAMES,
-            f"must be in 0..{checks.WINDOW_FRAMES - 1} (overlap inside a {checks.WINDOW_FRAMES}-frame "
-            "window)",
+            lambda v: 0 <= v < WINDOW,
+            f"must be in 0..{WINDOW - 1} (overlap inside a {WINDOW}-frame window)",
             "4 is the official setting",
         ),
         panel=SAMPLING,
     )
     seed: int = option(
-        999,
+        OFFICIAL_DEFAULTS.seed,
         "Random seed (0 <= seed < 2**32) for every draw of the sampler; official 999.",
         flag="--seed",
         coerce=checks.integer(lambda v: 0 <= v < 2**32, "must be in 0..2**32-1"),
@@ -179,11 +180,11 @@ class AnimateOptions:
         panel=PERFORMANCE,
     )
     reference_mode: str = option(
-        "shared",
+        DEFAULT_REFERENCE_MODE,
         "Appearance features: shared (computed once per step and reused by every window) or "
         "per-frame (recomputed for each window, as the official code).",
         flag="--reference-mode",
-        choices=("shared", "per-frame"),
+        choices=REFERENCE_MODES,
         panel=SAMPLING,
     )
     batch_guidance: str = option(
@@ -257,24 +258,24 @@ class AnimateOptions:
         panel=INPUTS,
     )
     control_mode: str = option(
-        "controlnet-important",
+        OFFICIAL_DEFAULTS.control_mode,
         "What the unconditional pass sees: controlnet-important (nothing: guidance amplifies appearance "
         "and motion; official default) or motion-guidance (the reference and mid-grey zero hints too: "
         "guidance amplifies only the motion; official 'balance').",
         flag="--control-mode",
-        choices=("controlnet-important", "motion-guidance"),
+        choices=CONTROL_MODES,
         pre=checks.dashes,
         panel=SAMPLING,
     )
     noised_reference: bool = option(
-        False,
+        OFFICIAL_DEFAULTS.noised_reference,
         "Noise the reference latents to each step's timestep, a fresh draw per window (official "
         "--wonoise flag); in shared reference mode one noisy reference per window.",
         flag="--noised-reference",
         panel=SAMPLING,
     )
     guidance_interval: tuple[float, float] = option(
-        (0.0, 1.0),
+        OFFICIAL_DEFAULTS.guidance_interval,
         "Guide only the steps whose position in the schedule (0 = first, 1 = last) lies in LO..HI; the "
         "others run one pass (Kynkaanniemi et al. 2024). Default 0 1: every step, as officially.",
         flag="--guidance-interval",
@@ -298,11 +299,11 @@ class AnimateOptions:
         panel=SAMPLING,
     )
     scheduler: str = option(
-        "ddim",
+        OFFICIAL_DEFAULTS.scheduler,
         f"Sampler: ddim (official) or lcm (diffusers LCMScheduler, for an LCM-LoRA: S steps, "
-        f"S <= {LCM_MAX_STEPS}). Experimental.",
+        f"S <= {LCM_ORIGINAL_STEPS}). Experimental.",
         flag="--scheduler",
-        choices=("ddim", "lcm"),
+        choices=SCHEDULERS,
         panel=SAMPLING,
     )
 
@@ -318,10 +319,10 @@ class AnimateOptions:
                 "invalid paste_back (--paste-back) with crop off",
                 "use --crop auto or on, or drop --paste-back",
             )
-        if self.scheduler == "lcm" and self.num_inference_steps > LCM_MAX_STEPS:
+        if self.scheduler == "lcm" and self.num_inference_steps > LCM_ORIGINAL_STEPS:
             raise UsageError(
                 f"invalid num_inference_steps (--steps) {self.num_inference_steps} with --scheduler lcm: "
-                f"at most {LCM_MAX_STEPS}",
+                f"at most {LCM_ORIGINAL_STEPS}",
                 "LCM needs few steps: 4-8",
             )
 

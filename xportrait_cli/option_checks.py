@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from xportrait_cli.errors import UsageError
-
-#: Frames per temporal window: the motion modules hard-code 16 (official ``video_length``).
-WINDOW_FRAMES = 16
-#: Training timesteps of the SD-1.5 DDPM schedule.
-TRAIN_TIMESTEPS = 1000
+from xportrait_cli.pipeline.timesteps import (
+    NUM_TRAIN_TIMESTEPS,
+    is_valid_step_count,
+    nearest_valid_step_counts,
+)
 
 #: ``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -209,55 +209,24 @@ def option(
     return field(default=default, metadata=meta)
 
 
-# The official DDIM step rule (moves to a torch-free pipeline module of its own)
-
-
-def ddim_timesteps(num_inference_steps: int) -> list[int]:
-    """Timesteps the official sampler visits for ``--steps S``, in sampling order (descending).
-
-    Official ``ddim_discretize="uniform"``: ``arange(0, 1000, 1000 // S) + 1`` with the step-count
-    assert commented out, so S=30 gives **31** steps ``[991, 958, ..., 34, 1]``, S=15 gives 16 and
-    S=25 gives 25 (official ``ddim.py`` ``make_schedule`` via ``make_ddim_timesteps``). Raises
-    :class:`UsageError` for an S outside 1..1000 or one whose list would reach timestep 1000 (see
-    :func:`check_steps`).
-    """
-    check_steps(num_inference_steps)
-    stride = TRAIN_TIMESTEPS // num_inference_steps
-    return [t + 1 for t in range(0, TRAIN_TIMESTEPS, stride)][::-1]
-
-
-def steps_are_valid(num_inference_steps: int) -> bool:
-    """Whether S lies in 1..1000 and the official schedule stays below timestep 1000.
-
-    The schedule is ``range(0, 1000, 1000 // S)`` plus one; when it contains 999 the sampler asks
-    for ``alphas_cumprod[1000]`` and crashes (S in {3, 9, 27, 36, 37, 101-111, 251-333, 501-1000}).
-    Computed, not tabulated.
-    """
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
-        return False
-    if not 1 <= num_inference_steps <= TRAIN_TIMESTEPS:
-        return False
-    return max(range(0, TRAIN_TIMESTEPS, TRAIN_TIMESTEPS // num_inference_steps)) + 1 < TRAIN_TIMESTEPS
+# The official DDIM step rule (pipeline/timesteps.py)
 
 
 def check_steps(num_inference_steps: int) -> None:
-    """Raise :class:`UsageError` unless :func:`steps_are_valid`; the hint names the nearest valid S."""
+    """Raise :class:`UsageError` unless ``num_inference_steps`` is a valid official step count
+    (:func:`~xportrait_cli.pipeline.timesteps.is_valid_step_count`); the hint names the nearest ones."""
     s = num_inference_steps
-    if steps_are_valid(s):
+    if is_valid_step_count(s):
         return
-    if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= TRAIN_TIMESTEPS:
+    if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= NUM_TRAIN_TIMESTEPS:
         raise UsageError(
-            f"invalid num_inference_steps (--steps) {s!r}: must be an integer in 1..{TRAIN_TIMESTEPS}",
+            f"invalid num_inference_steps (--steps) {s!r}: must be an integer in 1..{NUM_TRAIN_TIMESTEPS}",
             "30 is the official setting (31 DDIM steps); 15 is the fast preset",
         )
-    stride = TRAIN_TIMESTEPS // s
-    last = max(range(0, TRAIN_TIMESTEPS, stride)) + 1
-    below = next((k for k in range(s - 1, 0, -1) if steps_are_valid(k)), None)
-    above = next((k for k in range(s + 1, TRAIN_TIMESTEPS + 1) if steps_are_valid(k)), None)
-    near = " or ".join(str(k) for k in (below, above) if k is not None)
+    near = " or ".join(map(str, nearest_valid_step_counts(s)))
     raise UsageError(
         f"invalid num_inference_steps (--steps) {s}: the official DDIM schedule "
-        f"arange(0, 1000, 1000//{s}) + 1 would reach timestep {last}",
+        f"arange(0, 1000, 1000//{s}) + 1 would reach timestep {NUM_TRAIN_TIMESTEPS}",
         f"use {near} instead",
     )
 

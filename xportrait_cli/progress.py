@@ -43,6 +43,7 @@ from typing import Literal, TextIO
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     TaskID,
@@ -416,6 +417,30 @@ def make_sink(
                 yield sink
 
 
+@contextlib.contextmanager
+def download_bars(console: Console) -> Iterator[Callable[[str, int, int | None], None]]:
+    """A transient Rich display on ``console`` for ``download-weights``: yields the
+    ``progress(label, done, total)`` callback of :mod:`xportrait_cli.weights.download`, one bar per
+    label with bytes done and ETA; the bars vanish when the context ends."""
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def progress(label: str, done: int, total: int | None) -> None:
+        if label not in tasks:
+            tasks[label] = bars.add_task(label, total=total)
+        bars.update(tasks[label], completed=done, total=total)
+
+    with bars:
+        yield progress
+
+
 __all__ = [
     "MODES",
     "JOBS_BAR",
@@ -427,6 +452,7 @@ __all__ = [
     "RichSink",
     "batch_table",
     "choose_mode",
+    "download_bars",
     "format_seconds",
     "make_sink",
 ]

@@ -60,6 +60,7 @@ from xportrait_cli.pipeline.memory import (
     release_cached_memory,
 )
 from xportrait_cli.pipeline.schedule import sampling_timesteps
+from xportrait_cli.pipeline.windows import WINDOW
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +91,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``"auto"`` → fp32 on the CPU, :data:`~xportrait_cli.models.weights.CUDA_DTYPE` (fp16) on CUDA:
+    """``"auto"`` → fp32 on the CPU, :data:`~xportrait_cli.weights.registry.CUDA_DTYPE` (fp16) on CUDA:
     the precision ``download-weights`` converts to, so the default weights load without a cast."""
-    if dtype == "auto":
-        from xportrait_cli.models.weights import CUDA_DTYPE
+    from xportrait_cli.weights.registry import CUDA_DTYPE, torch_dtype
 
+    if dtype == "auto":
         dtype = CUDA_DTYPE if device.type == "cuda" else "fp32"
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    return torch_dtype(dtype)
 
 
 class NetworksCache:
@@ -167,7 +168,7 @@ def model_path(spec: JobSpec) -> Path:
                 "pass an existing --model or run `xportrait download-weights`",
             )
         return spec.options.model
-    from xportrait_cli.models.weights import default_model_path
+    from xportrait_cli.weights.registry import default_model_path
 
     return default_model_path()
 
@@ -482,8 +483,8 @@ def _write_comparison(spec: JobSpec, store, source: torch.Tensor) -> Path:
     portrait = ((source[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     reader = VideoReader(spec.output)
     with VideoWriter(path, store.fps, audio_source=spec.output) as writer:
-        for start in range(0, len(store), 16):
-            indices = list(range(start, min(start + 16, len(store))))
+        for start in range(0, len(store), WINDOW):
+            indices = list(range(start, min(start + WINDOW, len(store))))
             driving = store.frames_u8(indices)
             result = np.stack(
                 [
