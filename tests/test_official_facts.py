@@ -47,7 +47,13 @@ def test_invalid_step_counts_are_computed_not_tabulated():
 
 
 def test_the_default_preset_is_the_official_defaults():
-    assert load_preset("default") == OFFICIAL_DEFAULTS.as_dict()
+    preset, official = load_preset("default"), OFFICIAL_DEFAULTS.as_dict()
+    assert {key: preset.get(key) for key in official} == official
+    # what the preset sets beyond the sampler (e.g. crop: auto) are our own defaults, the options' own
+    options = AnimateOptions()
+    assert {key: value for key, value in preset.items() if key not in official} == {
+        key: getattr(options, key) for key in preset if key not in official
+    }
     assert OFFICIAL_DEFAULTS.as_dict() == {
         "num_inference_steps": 30,
         "guidance_scale": 5.0,
