@@ -22,7 +22,7 @@ import numpy as np
 from xportrait_cli.errors import UsageError
 from xportrait_cli.events import Log
 from xportrait_cli.face.alignment import NO_ALIGNMENT
-from xportrait_cli.face.crop import crop_inputs
+from xportrait_cli.face.crop_inputs import crop_inputs
 from xportrait_cli.face.landmarks import LandmarkDetector, portrait_for_alignment
 from xportrait_cli.face.patches import patch_boxes
 from xportrait_cli.framestore import FrameStore, prepare_driving
