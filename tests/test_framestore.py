@@ -14,8 +14,9 @@ from xportrait_cli.errors import InputError, NoFaceError
 from xportrait_cli.face.alignment import warp_frame
 from xportrait_cli.face.landmarks import DlibDetector, detect_portrait
 from xportrait_cli.face.patches import local_hint_np
-from xportrait_cli.framestore import FrameStore, prepare_driving
-from xportrait_cli.image import load_image, resize_official, to_uint8
+from xportrait_cli.image import load_image, resize_official, unit_to_uint8
+from xportrait_cli.jobs.framestore import FrameStore
+from xportrait_cli.jobs.prepare_driving import prepare_driving
 from xportrait_cli.video.reader import VideoReader
 
 
@@ -170,7 +171,7 @@ def test_real_driving_official_chain(media, tmp_path, dlib_detector):
     for k in range(3):
         official = warp_frame(resize_official(raw[k], 128), a, 128)  # float64 chain
         ours = store.frames_u8([k])[0]
-        np.testing.assert_array_equal(ours, warp_frame(to_uint8(resize_official(raw[k], 128)), a, 128))
+        np.testing.assert_array_equal(ours, warp_frame(unit_to_uint8(resize_official(raw[k], 128)), a, 128))
         assert np.abs(ours / 255.0 - official).max() <= 1 / 255 + 1e-9
     # the patches sit on the eyes and mouth of the aligned landmarks
     lmk = store.landmarks(range(len(store)))

@@ -14,12 +14,13 @@ from PIL import Image
 from xportrait_cli.errors import DiskSpaceError, InputError, NoFaceError
 from xportrait_cli.events import Log
 from xportrait_cli.face.landmarks import DlibDetector
-from xportrait_cli.framestore import FrameStore, prepare_driving
 from xportrait_cli.image import landmark_input
 from xportrait_cli.inspect import inspect_inputs
 from xportrait_cli.jobs import run_job
 from xportrait_cli.jobs.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from xportrait_cli.jobs.fingerprint import job_fingerprint
+from xportrait_cli.jobs.framestore import FrameStore
+from xportrait_cli.jobs.prepare_driving import prepare_driving
 from xportrait_cli.jobs.runner import STORE_DIR
 from xportrait_cli.video.reader import probe_video
 
@@ -249,7 +250,7 @@ def test_inspect_crops_what_animate_crops_and_crop_enters_the_fingerprint(
 def test_a_clip_without_faces_pauses_the_slow_second_search(tmp_path):
     import cv2
 
-    from xportrait_cli.framestore import SECOND_SEARCH_MISSES
+    from xportrait_cli.jobs.prepare_driving import SECOND_SEARCH_MISSES
     from xportrait_cli.video.writer import write_video
 
     rng = np.random.default_rng(1)

@@ -114,8 +114,11 @@ def landmark_input(img: np.ndarray) -> np.ndarray:
     return img_as_ubyte(_resize_rgb(img[..., :3], LANDMARK_RES))
 
 
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """``img_as_ubyte`` of a float image in [0, 1] (×255, round half to even, clip): uint8.
+def unit_to_uint8(img: np.ndarray) -> np.ndarray:
+    """``img_as_ubyte`` of a float image in [0, 1] (×255, round half to even, clip): uint8, any shape.
+
+    The [0, 1] contract of skimage (what :func:`resize_official` returns); the decoded [−1, 1]
+    tensors go through :func:`xportrait_cli.pipeline.pipeline_xportrait.to_uint8` instead.
 
     Float input takes the same steps in place on one copy: the same bytes, 5× faster at 512×512.
     """

@@ -1,7 +1,7 @@
 """``xportrait inspect``: run only the preprocessing stage and show what it found.
 
 :func:`inspect_inputs` finds the portrait's landmarks, prepares the driving video (best frame,
-alignment, patches) into a temporary :class:`~xportrait_cli.framestore.FrameStore`, and returns an
+alignment, patches) into a temporary :class:`~xportrait_cli.jobs.framestore.FrameStore`, and returns an
 :class:`InspectResult` whose :meth:`~InspectResult.to_json` is the ``--json`` output. With
 ``output`` it also writes a preview: a PNG (portrait | best aligned frame) or an MP4 (portrait |
 every aligned frame), with landmarks, the landmark face box and the eye/mouth patches drawn.
@@ -25,8 +25,10 @@ from xportrait_cli.face.alignment import NO_ALIGNMENT
 from xportrait_cli.face.crop_inputs import crop_inputs
 from xportrait_cli.face.landmarks import LandmarkDetector, portrait_for_alignment
 from xportrait_cli.face.patches import patch_boxes
-from xportrait_cli.framestore import FrameStore, prepare_driving
-from xportrait_cli.image import LANDMARK_RES, load_image, resize_official, to_uint8
+from xportrait_cli.files import atomic_write
+from xportrait_cli.image import LANDMARK_RES, load_image, resize_official, unit_to_uint8
+from xportrait_cli.jobs.framestore import FrameStore
+from xportrait_cli.jobs.prepare_driving import prepare_driving
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,7 @@ def inspect_inputs(
     """Run the preprocessing stage only (see the module docstring).
 
     ``crop`` (``"auto"``, ``"on"``, ``"off"``) crops the inputs to the face as ``animate --crop``
-    does (:func:`xportrait_cli.face.crop.crop_inputs`); the preview shows the crops. A portrait
+    does (:func:`xportrait_cli.face.crop_inputs.crop_inputs`); the preview shows the crops. A portrait
     without a face is reported as ``animate`` decides: with ``best_frame`` −1 no alignment
     (``best_frame`` −2) and a warning; with an explicit index a NoFaceError naming ``--best-frame -2``.
 
@@ -153,7 +155,7 @@ def inspect_inputs(
         result.warnings = [e.message for e in notes if e.level == "warning"] + ([warning] if warning else [])
         for message in result.warnings:
             log.warning("%s", message)
-        portrait_img = to_uint8(resize_official(rgb, PREVIEW_SIZE))
+        portrait_img = unit_to_uint8(resize_official(rgb, PREVIEW_SIZE))
         boxes = None if lmk256 is None else patch_boxes(lmk256, PREVIEW_SIZE)
         portrait_view = draw_overlay(portrait_img, result.portrait_landmarks, boxes)
         if driving is None:
@@ -173,6 +175,8 @@ def inspect_inputs(
             detector=detector,
             on_progress=on_progress,
         )
+        if store.filled_warning:
+            log.warning("%s", store.filled_warning)
         result.best_frame = store.best_frame
         result.affine = store.affine
         found = store.found
@@ -208,10 +212,9 @@ def _frame_view(store: FrameStore, i: int) -> np.ndarray:
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.incomplete.png")
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise UsageError(f"cannot write preview {path}", "check that its folder exists and is writable")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise UsageError(f"cannot write preview {path}", "check that its folder exists and is writable")
 
 
 def _write_mp4(path: Path, portrait_view: np.ndarray, store: FrameStore) -> None:

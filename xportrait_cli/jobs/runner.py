@@ -309,8 +309,8 @@ def _lora_file(spec: JobSpec) -> Path | None:
 def _run_locked(spec, fingerprint, work, events, cache, model, after_step, lora=None) -> JobResult:
     from xportrait_cli.face.crop_inputs import crop_inputs
     from xportrait_cli.face.landmarks import make_detector, portrait_for_alignment
-    from xportrait_cli.framestore import prepare_driving
     from xportrait_cli.image import load_image
+    from xportrait_cli.jobs.prepare_driving import prepare_driving
 
     opts, job, digest = spec.options, spec.label, fingerprint["digest"]
     device = resolve_device(opts.device)
