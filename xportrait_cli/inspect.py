@@ -159,9 +159,7 @@ def inspect_inputs(
         boxes = None if lmk256 is None else patch_boxes(lmk256, PREVIEW_SIZE)
         portrait_view = draw_overlay(portrait_img, result.portrait_landmarks, boxes)
         if driving is None:
-            if out_path is not None:
-                _write_png(out_path, portrait_view)
-                result.preview = out_path
+            result.preview = _write_preview(out_path, portrait_view, None)
             return result
         store = prepare_driving(
             used[1],
@@ -177,27 +175,38 @@ def inspect_inputs(
         )
         if store.filled_warning:
             log.warning("%s", store.filled_warning)
-        result.best_frame = store.best_frame
-        result.affine = store.affine
-        found = store.found
-        all_lmk = store.landmarks(range(len(store)))
-        for i, src_index in enumerate(store.source_indices):
-            result.frames.append(
-                {
-                    "index": int(src_index),
-                    "face": bool(found[i]),
-                    "filled": not bool(found[i]),
-                    "landmarks": _round(all_lmk[i]),
-                }
-            )
-        if out_path is not None:
-            if out_path.suffix.lower() == ".png":
-                pos = _best_position(store)
-                _write_png(out_path, np.concatenate([portrait_view, _frame_view(store, pos)], axis=1))
-            else:
-                _write_mp4(out_path, portrait_view, store)
-            result.preview = out_path
+        result.best_frame, result.affine = store.best_frame, store.affine
+        result.frames = _frame_reports(store)
+        result.preview = _write_preview(out_path, portrait_view, store)
     return result
+
+
+def _write_preview(path: Path | None, portrait_view: np.ndarray, store: FrameStore | None) -> Path | None:
+    """The preview at ``path`` (none without one): the portrait alone, beside the best aligned frame
+    (``.png``) or beside every aligned frame (``.mp4``). Returns ``path``."""
+    if path is None:
+        return None
+    if store is None:
+        _write_png(path, portrait_view)
+    elif path.suffix.lower() == ".png":
+        _write_png(path, np.concatenate([portrait_view, _frame_view(store, _best_position(store))], axis=1))
+    else:
+        _write_mp4(path, portrait_view, store)
+    return path
+
+
+def _frame_reports(store: FrameStore) -> list[dict]:
+    """:attr:`InspectResult.frames` of a prepared store."""
+    found, all_lmk = store.found, store.landmarks(range(len(store)))
+    return [
+        {
+            "index": int(src),
+            "face": bool(found[i]),
+            "filled": not bool(found[i]),
+            "landmarks": _round(all_lmk[i]),
+        }
+        for i, src in enumerate(store.source_indices)
+    ]
 
 
 def _best_position(store: FrameStore) -> int:

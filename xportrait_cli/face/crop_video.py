@@ -154,28 +154,17 @@ def crop_video(
                 for _, frames in reader.iter_batches(range(n), _BATCH):
                     writer.write(np.stack([crop_frame(f, box, opts.size, opts.pad) for f in frames]))
                     events(FramesWritten(count=writer.frames_written, total=n))
+    video = {
+        "fps": f"{info.fps.numerator}/{info.fps.denominator}",
+        "frames": n,
+        "frames_sampled": len(samples),
+        "frames_with_face": len(tracked),
+        "reference_frame": samples[ref],
+        "audio": bool(info.has_audio),
+    }
     crop_info = CropInfo(
-        kind="video",
-        source_size=(info.width, info.height),
-        size=opts.size,
-        box=box,
-        faces=most,
-        face=index,
-        face_box=face_box,
-        scale=opts.scale,
-        vy=opts.vy,
-        pad=opts.pad,
-        landmarks=det.name,
-        input=str(src),
-        output=str(out),
-        video={
-            "fps": f"{info.fps.numerator}/{info.fps.denominator}",
-            "frames": n,
-            "frames_sampled": len(samples),
-            "frames_with_face": len(tracked),
-            "reference_frame": samples[ref],
-            "audio": bool(info.has_audio),
-        },
-    )
+        "video", (info.width, info.height), opts.size, box, most, index, face_box, opts.scale, opts.vy,
+        opts.pad, det.name, input=str(src), output=str(out), video=video,
+    )  # fmt: skip
     crop_info.save(sidecar_path(out))
     return crop_info

@@ -127,6 +127,16 @@ def _reusable(work: Path, key: dict, info: VideoInfo) -> FrameStore | None:
     return store
 
 
+def _store_key(
+    digest: str, portrait_landmarks: np.ndarray | None, detector: LandmarkDetector, **selection: int
+) -> dict:
+    """The :class:`_StoreKey` as ``store.json`` holds it (landmarks rounded to 1e-4 px)."""
+    lmk = None if portrait_landmarks is None else np.round(portrait_landmarks, 4).tolist()
+    return asdict(
+        _StoreKey(driving_sha256=digest, detector=detector.name, portrait_landmarks=lmk, **selection)
+    )
+
+
 def _check_portrait_landmarks(portrait_landmarks: np.ndarray | None, best_frame: int, info: VideoInfo):
     if best_frame != NO_ALIGNMENT:
         if portrait_landmarks is None:
@@ -195,20 +205,8 @@ def prepare_driving(
     with VideoReader(driving_path) as reader:
         info = reader.info
         portrait_landmarks = _check_portrait_landmarks(portrait_landmarks, best_frame, info)
-        key = asdict(
-            _StoreKey(
-                driving_sha256=driving_digest or file_digest(info.path),
-                size=size,
-                best_frame=best_frame,
-                start=start,
-                num_frames=num_frames,
-                stride=stride,
-                detector=detector.name,
-                portrait_landmarks=None
-                if portrait_landmarks is None
-                else np.round(portrait_landmarks, 4).tolist(),
-            )
-        )
+        selection = dict(size=size, best_frame=best_frame, start=start, num_frames=num_frames, stride=stride)
+        key = _store_key(driving_digest or file_digest(info.path), portrait_landmarks, detector, **selection)
         reused = _reusable(work, key, info)
         if reused is not None:
             log.info("reusing the prepared driving frames in %s (%d frames)", work, len(reused))
@@ -219,7 +217,7 @@ def prepare_driving(
         progress = on_progress or (lambda done, total: None)
         with atomic_write(work / "frames.npy") as tmp_frames:
             frames = _FrameFile(tmp_frames, n, size)
-            try:
+            try:  # the three phases (module docstring)
                 lmk256, found = _detect_frames(reader, indices, frames, detector, batch_size, progress)
                 alignment = _alignment(
                     reader, indices, lmk256, found, portrait_landmarks, best_frame, detector, size
