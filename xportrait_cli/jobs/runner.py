@@ -60,6 +60,7 @@ from xportrait_cli.pipeline.memory import (
     release_cached_memory,
 )
 from xportrait_cli.pipeline.schedule import sampling_timesteps
+from xportrait_cli.pipeline.windows import WINDOW
 
 log = logging.getLogger(__name__)
 
@@ -482,8 +483,8 @@ def _write_comparison(spec: JobSpec, store, source: torch.Tensor) -> Path:
     portrait = ((source[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     reader = VideoReader(spec.output)
     with VideoWriter(path, store.fps, audio_source=spec.output) as writer:
-        for start in range(0, len(store), 16):
-            indices = list(range(start, min(start + 16, len(store))))
+        for start in range(0, len(store), WINDOW):
+            indices = list(range(start, min(start + WINDOW, len(store))))
             driving = store.frames_u8(indices)
             result = np.stack(
                 [
