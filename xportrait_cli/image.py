@@ -4,8 +4,8 @@ The official code (official ``core/test_xportrait.py``, its input loading and
 ``extract_local_feature_from_single_img`` L33-71) reads the portrait with ``imageio.imread`` and
 resizes it with ``skimage.transform.resize(img, (512, 512))[..., :3]`` (bilinear, Gaussian
 anti-aliasing when downscaling, float64 in [0, 1]); landmarks are found on
-``img_as_ubyte(resize(img[..., :3], (256, 256)))``. Non-square images are **squashed**, not cropped: this module keeps that default and
-logs it (crop first with ``xportrait crop`` to avoid it).
+``img_as_ubyte(resize(img[..., :3], (256, 256)))``. Non-square images are **squashed**, not
+cropped: this module keeps that default and logs it (crop first with ``xportrait crop`` to avoid it).
 
 :func:`resize_official` and :func:`landmark_input` give skimage's resize to the last bit without
 calling it in the usual cases: the same float64 operations as skimage and scipy, in their order,
