@@ -85,7 +85,8 @@ class TemporalModule(nn.Module):
 
     Input and output: latents-like features ``(batch·frames, C, H, W)`` with frames contiguous per
     video (frame-major inside each video). ``window_length`` is the number of frames per video, the
-    sampler's window (16 officially; any length ≤ 24 works). The output adds the module's result to its input (official residual).
+    sampler's window (16 officially; any length ≤ 24 works). The output adds the module's result to
+    its input (official residual).
 
     Layout: after the GroupNorm the features are transposed once to ``(batch·H·W, frames, C)``, where
     ``proj_in``, the block and ``proj_out`` (all per token but the frame attention) run, and the result
@@ -113,4 +114,5 @@ class TemporalModule(nn.Module):
         for block in self.transformer_blocks:
             x = block(x)
         x = self.proj_out(x).view(batch, pixels, window_length, channels).permute(0, 2, 3, 1)
-        return (hidden_states.view(batch, window_length, channels, pixels) + x).view(bf, channels, height, width)
+        out = hidden_states.view(batch, window_length, channels, pixels) + x
+        return out.view(bf, channels, height, width)
