@@ -132,17 +132,18 @@ class AnonPeak:
 
 def child(args: argparse.Namespace) -> None:
     """Run ``xportrait animate`` in this process with timers; writes the timers to ``args.result``."""
-    from xportrait_cli import cli, framestore
+    from xportrait_cli import cli, image
     from xportrait_cli.face import landmarks
-    from xportrait_cli.framestore import FrameStore
+    from xportrait_cli.jobs import prepare_driving as prepare
+    from xportrait_cli.jobs.framestore import FrameStore
     from xportrait_cli.pipeline import XPortraitPipeline
     from xportrait_cli.video.reader import VideoReader
     from xportrait_cli.video.writer import VideoWriter
 
     timers = Timers()
     timers.wrap(VideoReader, "read", "video_decode")
-    timers.wrap(framestore, "resize_official", "resize")
-    timers.wrap(framestore, "landmark_input", "resize")
+    timers.wrap(prepare, "resize_official", "resize")
+    timers.wrap(image, "landmark_input", "resize")  # imported by find_landmarks when it runs
     for name in ("DlibDetector", "FanDetector"):
         timers.wrap(getattr(landmarks, name), "detect", "landmarks")
     timers.wrap(FrameStore, "global_hints", "store_reads")

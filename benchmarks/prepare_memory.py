@@ -46,8 +46,8 @@ def child(n: int, size: int, detector: str) -> None:
     import numpy as np
 
     from xportrait_cli.face.landmarks import DlibDetector, detect_portrait
-    from xportrait_cli.framestore import prepare_driving
     from xportrait_cli.image import load_image
+    from xportrait_cli.jobs.prepare_driving import prepare_driving
 
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "drive.mp4"

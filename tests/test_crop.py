@@ -19,7 +19,12 @@ from typer.testing import CliRunner
 from xportrait_cli import cli
 from xportrait_cli.errors import NoFaceError, UsageError
 from xportrait_cli.face import crop as C
+from xportrait_cli.face import crop_options as O
+from xportrait_cli.face.crop_info import CropInfo, sidecar_path
+from xportrait_cli.face.crop_video import crop_video
+from xportrait_cli.face.detect import detect_faces, face_geometry
 from xportrait_cli.face.landmarks import DlibDetector
+from xportrait_cli.face.paste import paste_back
 from xportrait_cli.image import load_image
 from xportrait_cli.video.reader import VideoReader
 from xportrait_cli.video.writer import probe
@@ -44,13 +49,13 @@ def two_faces(media) -> np.ndarray:
 
 
 def _face(image: np.ndarray, det) -> tuple[np.ndarray, float]:
-    faces = C.detect_faces(image, det)
+    faces = detect_faces(image, det)
     assert faces, "no face re-detected in the crop"
-    return max((C.face_geometry(f) for f in faces), key=lambda g: g[1])
+    return max((face_geometry(f) for f in faces), key=lambda g: g[1])
 
 
 def _assert_framed(
-    center, face_size, *, size=SIZE, scale=C.DEFAULT_SCALE, vy=C.DEFAULT_VY, tol=0.03, rel=0.1
+    center, face_size, *, size=SIZE, scale=O.DEFAULT_SCALE, vy=O.DEFAULT_VY, tol=0.03, rel=0.1
 ):
     """Face box centre at (size/2, size/2 − vy·size) within ``tol``·size; face size ≈ size/scale."""
     expect = np.array([size / 2, size / 2 - vy * size])
@@ -111,9 +116,9 @@ def test_cli_defaults_match_library():
     import typer.main
 
     params = {p.name: p.default for p in typer.main.get_command(cli.app).commands["crop"].params}
-    assert params["size"] == C.DEFAULT_SIZE and params["scale"] == C.DEFAULT_SCALE
-    assert params["vy"] == C.DEFAULT_VY and params["detect_frames"] == C.DEFAULT_DETECT_FRAMES
-    assert params["pad"] == C.PAD_MODES[0]
+    assert params["size"] == O.DEFAULT_SIZE and params["scale"] == O.DEFAULT_SCALE
+    assert params["vy"] == O.DEFAULT_VY and params["detect_frames"] == O.DEFAULT_DETECT_FRAMES
+    assert params["pad"] == O.PAD_MODES[0]
 
 
 def test_no_face_exits_1(media, tmp_path, monkeypatch, capsys):
@@ -129,7 +134,7 @@ def test_no_face_exits_1(media, tmp_path, monkeypatch, capsys):
         )
         assert code == 1 and stdout == ""
         assert err.startswith("error: no face found in") and str(path) in err and len(err.splitlines()) == 1
-        assert not out.exists() and not C.sidecar_path(out).exists()
+        assert not out.exists() and not sidecar_path(out).exists()
 
 
 def test_bad_options_exit_2(media, tmp_path, monkeypatch, capsys):
@@ -138,9 +143,9 @@ def test_bad_options_exit_2(media, tmp_path, monkeypatch, capsys):
     )
     assert code == 2 and "--pad" in err
     with pytest.raises(UsageError, match="--scale"):
-        C.crop_portrait(media / "astronaut.png", scale=0.5)
+        C.crop_portrait(media / "astronaut.png", O.CropOptions(scale=0.5))
     with pytest.raises(UsageError, match="MP4"):
-        C.crop_video(media / "carphone.mp4", tmp_path / "x.mov")
+        crop_video(media / "carphone.mp4", tmp_path / "x.mov")
 
 
 def test_two_faces(two_faces, tmp_path, det, monkeypatch, capsys):
@@ -148,7 +153,7 @@ def test_two_faces(two_faces, tmp_path, det, monkeypatch, capsys):
     assert largest.faces == 2 and largest.info.face == 0  # the left, larger face
     assert largest.info.face_box[2] < 307
     _assert_framed(*_face(largest.image, det))
-    right = C.crop_portrait(two_faces, detector=det, face=1)  # 0-based, left to right
+    right = C.crop_portrait(two_faces, O.CropOptions(face=1), detector=det)  # 0-based, left to right
     assert right.faces == 2 and right.info.face == 1 and right.info.face_box[0] > 307
     _assert_framed(*_face(right.image, det), tol=0.04, rel=0.12)
     # through the CLI: the count is reported, and an index past the last face is a usage error
@@ -171,7 +176,7 @@ def test_two_faces(two_faces, tmp_path, det, monkeypatch, capsys):
 def test_paste_back_round_trip(media, tmp_path, det, name):
     original = load_image(media / name)
     result = C.crop_portrait(media / name, detector=det)
-    (pasted,) = list(C.paste_back([result.image], result, original))
+    (pasted,) = list(paste_back([result.image], result, original))
     assert pasted.shape == original.shape and pasted.dtype == np.uint8
     x0, y0, x1, y1 = np.maximum(result.box, 0)
     inside = np.abs(pasted[y0:y1, x0:x1].astype(int) - original[y0:y1, x0:x1])
@@ -183,20 +188,20 @@ def test_paste_back_round_trip(media, tmp_path, det, name):
     out = tmp_path / "c.png"
     C.crop_image(media / name, out, detector=det)
     half = cv2.resize(result.image, (256, 256), interpolation=cv2.INTER_AREA)
-    frames = list(C.paste_back(iter([result.image, half]), C.sidecar_path(out), original, feather=0))
+    frames = list(paste_back(iter([result.image, half]), sidecar_path(out), original, feather=0))
     assert len(frames) == 2
     assert np.abs(frames[1][y0:y1, x0:x1].astype(int) - original[y0:y1, x0:x1]).mean() < 4.0
     # a different animated square lands in the box: grey inside, the original at the feathered edge
     grey = np.full_like(result.image, 200)
-    (g,) = list(C.paste_back([grey], result, original, feather=32))
+    (g,) = list(paste_back([grey], result, original, feather=32))
     cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
     assert (g[cy, cx] == 200).all()
     with pytest.raises(ValueError, match="crop was taken from"):
-        next(C.paste_back([grey], result, original[:100]))
+        next(paste_back([grey], result, original[:100]))
 
 
 # -- videos ---------------------------------------------------------------------------------------
-def _check_video_crop(out: Path, src: Path, crop: C.CropInfo, det, fps: Fraction, *, tol=0.06):
+def _check_video_crop(out: Path, src: Path, crop: CropInfo, det, fps: Fraction, *, tol=0.06):
     """Size, frame count and rate of the MP4; on its first, middle and last frames the face found in
     the crop is where the clip's affine puts the face found in the source frame (within 3 %), the
     faces' median size is ≈ size/scale and their median centre near the framed position (the head
@@ -237,7 +242,7 @@ def test_cli_video(media, tmp_path, det):
     }
     assert json.loads((tmp_path / "drive.crop.json").read_text()) == data
     _check_video_crop(
-        out, media / "xportrait_driving.mp4", C.CropInfo.from_json(data), det, Fraction(12000, 1001)
+        out, media / "xportrait_driving.mp4", CropInfo.from_json(data), det, Fraction(12000, 1001)
     )
     assert not list(tmp_path.glob(".*incomplete*"))
 
@@ -245,7 +250,9 @@ def test_cli_video(media, tmp_path, det):
 def test_video_audio_kept(media, tmp_path, det):
     out = tmp_path / "talk.mp4"
     events = []
-    info = C.crop_video(media / "talking_aac.mp4", out, detector=det, detect_frames=8, events=events.append)
+    info = crop_video(
+        media / "talking_aac.mp4", out, O.CropOptions(detect_frames=8), detector=det, events=events.append
+    )
     assert info.fps == Fraction(25) and info.video["audio"] is True
     stream = _check_video_crop(out, media / "talking_aac.mp4", info, det, Fraction(25), tol=0.1)
     assert stream.audio_codec == "aac" and stream.audio_duration == pytest.approx(183 / 25, abs=0.05)
@@ -254,13 +261,13 @@ def test_video_audio_kept(media, tmp_path, det):
     assert events[-2].kind == "frames_written" and events[-2].count == 183
     # one box for the clip: every re-detected face lies inside the crop
     for f in _read_frames(out, range(0, 183, 30)):
-        lmk = max(C.detect_faces(f, det), key=lambda p: C.face_geometry(p)[1])
+        lmk = max(detect_faces(f, det), key=lambda p: face_geometry(p)[1])
         assert lmk.min() > 0 and lmk.max() < SIZE
 
 
 def test_small_video_black_padding(media, tmp_path, det):
     out = tmp_path / "car.mp4"
-    info = C.crop_video(media / "carphone.mp4", out, detector=det, detect_frames=8, pad="black")
+    info = crop_video(media / "carphone.mp4", out, O.CropOptions(pad="black", detect_frames=8), detector=det)
     _check_video_crop(out, media / "carphone.mp4", info, det, Fraction(30000, 1001))
     x0, y0, x1, y1 = info.box
     assert y0 < 0, "the box should leave the 176×144 frame at the top"
@@ -289,7 +296,7 @@ def test_vertical_video(media, tmp_path, det):
         for packet in stream.encode(None):
             outc.mux(packet)
     out = tmp_path / "vertical.crop.mp4"
-    info = C.crop_video(vertical, out, detector=det, detect_frames=6)
+    info = crop_video(vertical, out, O.CropOptions(detect_frames=6), detector=det)
     assert info.source_size == (720, 1280) and info.video["frames"] == n
     _check_video_crop(out, vertical, info, det, Fraction(12000, 1001))
     # the face (and so the box) is found where the clip was placed on the canvas
@@ -303,16 +310,16 @@ def test_no_face_video(tmp_path, det):
 
     write_video(blank, np.full((2, 128, 128, 3), 100, np.uint8), 25)
     with pytest.raises(NoFaceError, match="2 frames searched"):
-        C.crop_video(blank, tmp_path / "out.mp4", detector=det)
+        crop_video(blank, tmp_path / "out.mp4", detector=det)
     assert not (tmp_path / "out.mp4").exists()
 
 
 def test_paths():
-    assert C.sidecar_path("a/x.crop.png") == Path("a/x.crop.json")
-    assert C.sidecar_path("x.png") == Path("x.crop.json")
+    assert sidecar_path("a/x.crop.png") == Path("a/x.crop.json")
+    assert sidecar_path("x.png") == Path("x.crop.json")
     assert C.default_output("d/clip.MOV", "o") == Path("o/clip.crop.mp4")
     assert C.default_output("d/p.jpg", "o") == Path("o/p.crop.png")
     box = C.box_for_face((100.0, 100.0), 50.0, 2.0, 0.0)
     assert box.tolist() == [50, 50, 150, 150]
-    m = C.CropInfo("image", (200, 200), 100, box, 1, 0, np.zeros(4), 2.0, 0.0, "edge", "dlib").affine
+    m = CropInfo("image", (200, 200), 100, box, 1, 0, np.zeros(4), 2.0, 0.0, "edge", "dlib").affine
     assert np.allclose(m @ [149.5, 49.5, 1], [99.5, -0.5])  # box edges → crop edges (pixel centres)

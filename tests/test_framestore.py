@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from fractions import Fraction
 
 import av
@@ -14,8 +15,10 @@ from xportrait_cli.errors import InputError, NoFaceError
 from xportrait_cli.face.alignment import warp_frame
 from xportrait_cli.face.landmarks import DlibDetector, detect_portrait
 from xportrait_cli.face.patches import local_hint_np
-from xportrait_cli.framestore import FrameStore, prepare_driving
-from xportrait_cli.image import load_image, resize_official, to_uint8
+from xportrait_cli.image import load_image, resize_official, unit_to_uint8
+from xportrait_cli.jobs.fingerprint import file_digest
+from xportrait_cli.jobs.framestore import FrameStore
+from xportrait_cli.jobs.prepare_driving import prepare_driving
 from xportrait_cli.video.reader import VideoReader
 
 
@@ -170,7 +173,7 @@ def test_real_driving_official_chain(media, tmp_path, dlib_detector):
     for k in range(3):
         official = warp_frame(resize_official(raw[k], 128), a, 128)  # float64 chain
         ours = store.frames_u8([k])[0]
-        np.testing.assert_array_equal(ours, warp_frame(to_uint8(resize_official(raw[k], 128)), a, 128))
+        np.testing.assert_array_equal(ours, warp_frame(unit_to_uint8(resize_official(raw[k], 128)), a, 128))
         assert np.abs(ours / 255.0 - official).max() <= 1 / 255 + 1e-9
     # the patches sit on the eyes and mouth of the aligned landmarks
     lmk = store.landmarks(range(len(store)))
@@ -197,3 +200,23 @@ def test_audio_source_and_offset(media, tmp_path, dlib_detector):
     assert store.audio_source == (media / "talking_aac.mp4").resolve()
     assert store.fps == Fraction(5) and store.audio_offset == Fraction(2)
     np.testing.assert_array_equal(store.affine, np.eye(2, 3))
+
+
+def test_store_is_keyed_on_the_driving_content_not_its_path_or_mtime(media, tmp_path, golden_landmarks):
+    src, drv = golden_landmarks
+    det = FixedDetector(drv[3])
+    first, moved = tmp_path / "a.mp4", tmp_path / "moved" / "b.mp4"
+    shutil.copyfile(media / "talking_aac.mp4", first)
+    options = dict(size=64, num_frames=4, stride=5, detector=det)
+    store = prepare_driving(first, src, tmp_path / "work", **options)
+    assert det.calls == 4 and store.audio_source == first.resolve()
+    moved.parent.mkdir()
+    shutil.copyfile(first, moved)  # same content, another path and mtime: reused, audio from the new path
+    first.unlink()
+    again = prepare_driving(moved, src, tmp_path / "work", **options)
+    assert det.calls == 4 and again.audio_source == moved.resolve()
+    assert again.meta["key"]["driving_sha256"] == file_digest(moved)
+    np.testing.assert_array_equal(again.frames_u8(range(4)), store.frames_u8(range(4)))
+    shutil.copyfile(media / "xportrait_driving.mp4", moved)  # new content at the same path: rebuilt
+    rebuilt = prepare_driving(moved, src, tmp_path / "work", **options)
+    assert det.calls == 8 and rebuilt.audio_source is None

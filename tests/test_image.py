@@ -16,7 +16,7 @@ from skimage import img_as_ubyte
 from skimage.transform import resize
 
 from xportrait_cli import image
-from xportrait_cli.image import landmark_input, resize_official, to_uint8
+from xportrait_cli.image import landmark_input, resize_official, unit_to_uint8
 
 #: target sizes: the model sizes, the landmark size, and odd ones (carphone 176×144 is upscaled)
 SIZES = (512, 256, 64, 333, 97)
@@ -46,7 +46,7 @@ def _assert_same(img: np.ndarray, size: int, label: str) -> None:
     diff = float(np.abs(got - want).max())
     assert diff <= 1e-9, f"{label} -> {size}: max abs diff {diff}"
     assert np.array_equal(got, want), f"{label} -> {size}: not bit-identical (max abs diff {diff})"
-    np.testing.assert_array_equal(to_uint8(got), img_as_ubyte(np.clip(want, 0.0, 1.0)), err_msg=label)
+    np.testing.assert_array_equal(unit_to_uint8(got), img_as_ubyte(np.clip(want, 0.0, 1.0)), err_msg=label)
 
 
 def test_fast_path_is_on_here():

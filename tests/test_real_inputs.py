@@ -4,24 +4,27 @@ disk, a folder as ``-o``, a checkpoint with code. Real media, the golden tiny mo
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import padded_to_9_16, run_main, tiny_spec
+from conftest import cli_env, padded_to_9_16, run_main, tiny_spec
 from PIL import Image
 
 from xportrait_cli.errors import DiskSpaceError, InputError, NoFaceError
 from xportrait_cli.events import Log
 from xportrait_cli.face.landmarks import DlibDetector
-from xportrait_cli.framestore import FrameStore, prepare_driving
 from xportrait_cli.image import landmark_input
 from xportrait_cli.inspect import inspect_inputs
 from xportrait_cli.jobs import run_job
 from xportrait_cli.jobs.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from xportrait_cli.jobs.fingerprint import job_fingerprint
+from xportrait_cli.jobs.framestore import FrameStore
+from xportrait_cli.jobs.prepare_driving import prepare_driving
 from xportrait_cli.jobs.runner import STORE_DIR
-from xportrait_cli.video.reader import probe_video
+from xportrait_cli.video.reader import VideoReader, probe_video
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,6 @@ def test_second_search_finds_the_faces_the_squashed_frames_hide(tmp_path, phone_
     det = DlibDetector()
     store = prepare_driving(phone_clip, None, tmp_path, size=64, best_frame=-2, num_frames=20, detector=det)
     assert store.found.mean() >= 0.98
-    from xportrait_cli.video.reader import VideoReader
 
     with VideoReader(phone_clip) as reader:
         official = np.mean([det.detect(landmark_input(f)) is not None for f in reader.read(range(20))])
@@ -212,7 +214,6 @@ def test_a_disk_that_fills_up_keeps_the_last_checkpoint_and_removes_partial_file
 
 
 def test_tracking_from_the_previous_frame_finds_a_face_the_detectors_miss(media):
-    from xportrait_cli.video.reader import VideoReader
 
     det = DlibDetector()
     with VideoReader(media / "talking_aac.mp4") as reader:
@@ -249,7 +250,7 @@ def test_inspect_crops_what_animate_crops_and_crop_enters_the_fingerprint(
 def test_a_clip_without_faces_pauses_the_slow_second_search(tmp_path):
     import cv2
 
-    from xportrait_cli.framestore import SECOND_SEARCH_MISSES
+    from xportrait_cli.jobs.prepare_driving import SECOND_SEARCH_MISSES
     from xportrait_cli.video.writer import write_video
 
     rng = np.random.default_rng(1)
@@ -268,3 +269,23 @@ def test_a_clip_without_faces_pauses_the_slow_second_search(tmp_path):
     with pytest.raises(NoFaceError, match="texture.mp4"):
         prepare_driving(clip, None, tmp_path / "store", size=64, best_frame=-2, detector=Counting())
     assert Counting.calls == SECOND_SEARCH_MISSES < 16
+
+
+def test_frames_without_a_face_are_reported_once_by_animate(tmp_path, golden, media):
+    # the first two frames black (nothing to track from either): their landmarks are interpolated
+    from xportrait_cli.video.writer import write_video
+
+    with VideoReader(media / "xportrait_driving.mp4") as reader:
+        frames = reader.read(range(8))
+    frames[:2] = 0
+    driving = write_video(tmp_path / "two_black.mp4", frames, reader.info.fps)
+    model = ["--model", golden / "tiny_xportrait.th", "--model-config", golden / "tiny_config.yaml"]
+    args = [*model, "--size", "64", "--steps", "2", "--landmarks", "dlib", "--crop", "off"]
+    env = cli_env(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "xportrait_cli", "animate", media / "xportrait_source.png", driving,
+         "-o", tmp_path / "out.mp4", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("no face in 2 of 8 driving frames") == 1, done.stderr

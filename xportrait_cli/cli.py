@@ -21,6 +21,7 @@ from rich.console import Console
 
 from xportrait_cli.config import OPTION_NAMES, OUTPUT, SAMPLING, default_of, help_text, option_field
 from xportrait_cli.errors import XPortraitError
+from xportrait_cli.face.crop_options import CropOptions
 from xportrait_cli.weights.registry import CUDA_DTYPE, DEFAULT_REVISION, REPO_ID
 
 app = typer.Typer(
@@ -119,25 +120,26 @@ def download_weights_command(
 
 @app.command("inspect")
 def inspect_command(
-    portrait: str = typer.Argument(..., help="Portrait image (PNG, JPEG, WebP, ...)."),
-    driving: str | None = typer.Argument(None, help="Driving video (optional)."),
-    output: str | None = typer.Option(
-        None, "-o", "--output", help="Preview: .png (portrait | best aligned frame) or .mp4 (every frame)."
-    ),
-    json_output: bool = typer.Option(
-        False, "--json", help="Print one JSON object with the results on stdout."
-    ),
-    landmarks: str = typer.Option("auto", "--landmarks", help="Landmark backend: auto, fan or dlib."),
-    device: str = typer.Option("cpu", "--device", help="Device of the fan backend (cpu, cuda, cuda:1, ...)."),
-    best_frame: int = typer.Option(
-        -1, "--best-frame", help="Driving frame matching the portrait's pose; -1 automatic, -2 no alignment."
-    ),
-    start: int = typer.Option(0, "--start", help="First driving frame (official start_idx)."),
-    frames: int = typer.Option(
-        0, "--frames", help="Number of driving frames, 0 = all (official out_frames)."
-    ),
-    stride: int = typer.Option(1, "--stride", help="Use every n-th driving frame (official skip)."),
-    crop: str = typer.Option("auto", "--crop", help=help_text("crop")),
+    portrait: Annotated[str, typer.Argument(help="Portrait image (PNG, JPEG, WebP, ...).")],
+    driving: Annotated[str | None, typer.Argument(help="Driving video (optional).")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "-o", "--output", help="Preview: .png (portrait | best aligned frame) or .mp4 (every frame)."
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object with the results on stdout.")
+    ] = False,
+    landmarks: Annotated[str, typer.Option(help="Landmark backend: auto, fan or dlib.")] = "auto",
+    device: Annotated[str, typer.Option(help="Device of the fan backend (cpu, cuda, cuda:1, ...).")] = "cpu",
+    best_frame: Annotated[
+        int, typer.Option(help="Driving frame matching the portrait's pose; -1 automatic, -2 no alignment.")
+    ] = -1,
+    start: Annotated[int, typer.Option(help="First driving frame (official start_idx).")] = 0,
+    frames: Annotated[int, typer.Option(help="Number of driving frames, 0 = all (official out_frames).")] = 0,
+    stride: Annotated[int, typer.Option(help="Use every n-th driving frame (official skip).")] = 1,
+    crop: Annotated[str, typer.Option(help=help_text("crop"))] = "auto",
 ) -> None:
     """Run only the preprocessing stage: landmarks, best frame, alignment and eye/mouth patches.
 
@@ -282,25 +284,36 @@ def animate_command(
         run_job(spec, sink, force=force, keep_work=keep_work)
 
 
+#: The crop command's defaults, from the library (never retyped here).
+crop_defaults = CropOptions()
+
+
 @app.command("crop")
 def crop_command(
-    input_path: str = typer.Argument(..., metavar="INPUT", help="Portrait image or video to crop."),
-    output: str | None = typer.Option(
-        None, "-o", "--output", help="Output image or .mp4 (default: <stem>.crop.png|mp4 here)."
-    ),
-    json_output: bool = typer.Option(False, "--json", help="Print the crop information as JSON."),
-    size: int = typer.Option(512, "--size", help="Side of the square output in pixels."),
-    scale: float = typer.Option(2.2, "--scale", help="Crop side in face sizes (LivePortrait: 2.2-2.3)."),
-    vy: float = typer.Option(-0.1, "--vy", help="Box centre below the face centre, in crop sides (<0: up)."),
-    face: int | None = typer.Option(
-        None, "--face", help="Face to crop, 0-based from the left (default: the largest)."
-    ),
-    pad: str = typer.Option("edge", "--pad", help="Fill where the box leaves the frame: edge or black."),
-    landmarks: str = typer.Option("auto", "--landmarks", help="Landmark backend: auto, fan or dlib."),
-    device: str = typer.Option("cpu", "--device", help="Device of the fan backend (cpu, cuda, ...)."),
-    detect_frames: int = typer.Option(
-        32, "--detect-frames", help="Video: frames searched for faces, at most (spread evenly)."
-    ),
+    input_path: Annotated[str, typer.Argument(metavar="INPUT", help="Portrait image or video to crop.")],
+    output: Annotated[
+        str | None,
+        typer.Option("-o", "--output", help="Output image or .mp4 (default: <stem>.crop.png|mp4 here)."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the crop information as JSON.")] = False,
+    size: Annotated[int, typer.Option(help="Side of the square output in pixels.")] = crop_defaults.size,
+    scale: Annotated[
+        float, typer.Option(help="Crop side in face sizes (LivePortrait: 2.2-2.3).")
+    ] = crop_defaults.scale,
+    vy: Annotated[
+        float, typer.Option(help="Box centre below the face centre, in crop sides (<0: up).")
+    ] = crop_defaults.vy,
+    face: Annotated[
+        int | None, typer.Option(help="Face to crop, 0-based from the left (default: the largest).")
+    ] = crop_defaults.face,
+    pad: Annotated[
+        str, typer.Option(help="Fill where the box leaves the frame: edge or black.")
+    ] = crop_defaults.pad,
+    landmarks: Annotated[str, typer.Option(help="Landmark backend: auto, fan or dlib.")] = "auto",
+    device: Annotated[str, typer.Option(help="Device of the fan backend (cpu, cuda, ...).")] = "cpu",
+    detect_frames: Annotated[
+        int, typer.Option(help="Video: frames searched for faces, at most (spread evenly).")
+    ] = crop_defaults.detect_frames,
 ) -> None:
     """Crop a portrait or a video to a square around the face (one steady box for a video).
 
@@ -309,18 +322,16 @@ def crop_command(
     """
     import json
 
-    from xportrait_cli.face.crop import crop_file
+    from xportrait_cli.face.crop_inputs import crop_file
     from xportrait_cli.face.landmarks import make_detector
     from xportrait_cli.progress import choose_mode, make_sink
 
     _log_to_stderr("INFO")
+    options = CropOptions(size=size, scale=scale, vy=vy, face=face, pad=pad, detect_frames=detect_frames)
     detector = make_detector(landmarks, device)
     mode = "quiet" if json_output else choose_mode(console=err_console)
     with make_sink(mode, err_console) as sink:
-        info = crop_file(
-            input_path, output, size=size, scale=scale, vy=vy, face=face, detector=detector, pad=pad,
-            detect_frames=detect_frames, events=sink,
-        )  # fmt: skip
+        info = crop_file(input_path, output, options, detector=detector, events=sink)
     if json_output:
         typer.echo(json.dumps(info.to_json()))
         return

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -177,3 +179,25 @@ class Log(Event):
     def __post_init__(self) -> None:
         if self.level not in LOG_LEVELS:
             raise ValueError(f"unknown log level {self.level!r}; expected one of {LOG_LEVELS}")
+
+
+@contextmanager
+def stage(
+    sink: EventSink, name: Stage, job: str | None = None, total: int | None = None
+) -> Iterator[Callable[[int, int | None], None]]:
+    """Emit :class:`StageStarted` before the block and :class:`StageFinished` (wall seconds) after it.
+
+    Yields ``progress(done, total)``, which emits :class:`StageProgress` for this stage. When the
+    block raises, no :class:`StageFinished` is emitted (the job's failure event follows instead).
+
+    Example::
+
+        with stage(events, "landmarks", job, total=n) as progress:
+            for i in range(n):
+                ...
+                progress(i + 1, n)
+    """
+    start = time.monotonic()
+    sink(StageStarted(name, total, job=job))
+    yield lambda done, of: sink(StageProgress(name, done, of, job=job))
+    sink(StageFinished(name, time.monotonic() - start, job=job))

@@ -1,10 +1,11 @@
 """Portrait loading and the official resize.
 
-The official code reads the portrait with ``imageio.imread`` and resizes it with
-``skimage.transform.resize(img, (512, 512))[..., :3]`` (bilinear, Gaussian anti-aliasing when
-downscaling, float64 in [0, 1]); landmarks are found on ``img_as_ubyte(resize(img[..., :3],
-(256, 256)))``. Non-square images are **squashed**, not cropped: this module keeps that default and
-logs it (crop first with ``xportrait crop`` to avoid it).
+The official code (official ``core/test_xportrait.py``, its input loading and
+``extract_local_feature_from_single_img`` L33-71) reads the portrait with ``imageio.imread`` and
+resizes it with ``skimage.transform.resize(img, (512, 512))[..., :3]`` (bilinear, Gaussian
+anti-aliasing when downscaling, float64 in [0, 1]); landmarks are found on
+``img_as_ubyte(resize(img[..., :3], (256, 256)))``. Non-square images are **squashed**, not
+cropped: this module keeps that default and logs it (crop first with ``xportrait crop`` to avoid it).
 
 :func:`resize_official` and :func:`landmark_input` give skimage's resize to the last bit without
 calling it in the usual cases: the same float64 operations as skimage and scipy, in their order,
@@ -91,7 +92,7 @@ def resize_official(img: np.ndarray, size: int) -> np.ndarray:
     Fast path (:func:`_fast_resize`): uint8 or float64 images with ≥ 3 channels, shrunk, grown or
     kept on either axis, are resized with numpy doing scipy's float64 operations in scipy's order
     (Gaussian only where the bilinear taps read it, in cache-sized strips). Measured against
-    skimage 0.26 / scipy 1.17 on every video of ``../shared/media`` (512→512/256/64/333/97, 176×144
+    skimage 0.26 / scipy 1.17 on every video of the test media (512→512/256/64/333/97, 176×144
     grown to 512/256/333, the same frames squashed to 640×480, with alpha, strided, float64): max
     abs difference 0.0, uint8 results identical (``tests/test_image.py``). On a 2-core CPU it takes
     4.7 ms instead of 24 ms for 512×512→256 or →64 and 9 ms instead of 36 ms for 640×480→512.
@@ -114,8 +115,11 @@ def landmark_input(img: np.ndarray) -> np.ndarray:
     return img_as_ubyte(_resize_rgb(img[..., :3], LANDMARK_RES))
 
 
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """``img_as_ubyte`` of a float image in [0, 1] (×255, round half to even, clip): uint8.
+def unit_to_uint8(img: np.ndarray) -> np.ndarray:
+    """``img_as_ubyte`` of a float image in [0, 1] (×255, round half to even, clip): uint8, any shape.
+
+    The [0, 1] contract of skimage (what :func:`resize_official` returns); the decoded [−1, 1]
+    tensors go through :func:`xportrait_cli.pipeline.pipeline_xportrait.to_uint8` instead.
 
     Float input takes the same steps in place on one copy: the same bytes, 5× faster at 512×512.
     """

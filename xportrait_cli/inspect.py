@@ -1,7 +1,7 @@
 """``xportrait inspect``: run only the preprocessing stage and show what it found.
 
 :func:`inspect_inputs` finds the portrait's landmarks, prepares the driving video (best frame,
-alignment, patches) into a temporary :class:`~xportrait_cli.framestore.FrameStore`, and returns an
+alignment, patches) into a temporary :class:`~xportrait_cli.jobs.framestore.FrameStore`, and returns an
 :class:`InspectResult` whose :meth:`~InspectResult.to_json` is the ``--json`` output. With
 ``output`` it also writes a preview: a PNG (portrait | best aligned frame) or an MP4 (portrait |
 every aligned frame), with landmarks, the landmark face box and the eye/mouth patches drawn.
@@ -22,11 +22,13 @@ import numpy as np
 from xportrait_cli.errors import UsageError
 from xportrait_cli.events import Log
 from xportrait_cli.face.alignment import NO_ALIGNMENT
-from xportrait_cli.face.crop import crop_inputs
+from xportrait_cli.face.crop_inputs import crop_inputs
 from xportrait_cli.face.landmarks import LandmarkDetector, portrait_for_alignment
 from xportrait_cli.face.patches import patch_boxes
-from xportrait_cli.framestore import FrameStore, prepare_driving
-from xportrait_cli.image import LANDMARK_RES, load_image, resize_official, to_uint8
+from xportrait_cli.files import atomic_write
+from xportrait_cli.image import LANDMARK_RES, load_image, resize_official, unit_to_uint8
+from xportrait_cli.jobs.framestore import FrameStore
+from xportrait_cli.jobs.prepare_driving import prepare_driving
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,7 @@ def inspect_inputs(
     """Run the preprocessing stage only (see the module docstring).
 
     ``crop`` (``"auto"``, ``"on"``, ``"off"``) crops the inputs to the face as ``animate --crop``
-    does (:func:`xportrait_cli.face.crop.crop_inputs`); the preview shows the crops. A portrait
+    does (:func:`xportrait_cli.face.crop_inputs.crop_inputs`); the preview shows the crops. A portrait
     without a face is reported as ``animate`` decides: with ``best_frame`` −1 no alignment
     (``best_frame`` −2) and a warning; with an explicit index a NoFaceError naming ``--best-frame -2``.
 
@@ -153,13 +155,11 @@ def inspect_inputs(
         result.warnings = [e.message for e in notes if e.level == "warning"] + ([warning] if warning else [])
         for message in result.warnings:
             log.warning("%s", message)
-        portrait_img = to_uint8(resize_official(rgb, PREVIEW_SIZE))
+        portrait_img = unit_to_uint8(resize_official(rgb, PREVIEW_SIZE))
         boxes = None if lmk256 is None else patch_boxes(lmk256, PREVIEW_SIZE)
         portrait_view = draw_overlay(portrait_img, result.portrait_landmarks, boxes)
         if driving is None:
-            if out_path is not None:
-                _write_png(out_path, portrait_view)
-                result.preview = out_path
+            result.preview = _write_preview(out_path, portrait_view, None)
             return result
         store = prepare_driving(
             used[1],
@@ -173,27 +173,40 @@ def inspect_inputs(
             detector=detector,
             on_progress=on_progress,
         )
-        result.best_frame = store.best_frame
-        result.affine = store.affine
-        found = store.found
-        all_lmk = store.landmarks(range(len(store)))
-        for i, src_index in enumerate(store.source_indices):
-            result.frames.append(
-                {
-                    "index": int(src_index),
-                    "face": bool(found[i]),
-                    "filled": not bool(found[i]),
-                    "landmarks": _round(all_lmk[i]),
-                }
-            )
-        if out_path is not None:
-            if out_path.suffix.lower() == ".png":
-                pos = _best_position(store)
-                _write_png(out_path, np.concatenate([portrait_view, _frame_view(store, pos)], axis=1))
-            else:
-                _write_mp4(out_path, portrait_view, store)
-            result.preview = out_path
+        if store.filled_warning:
+            log.warning("%s", store.filled_warning)
+        result.best_frame, result.affine = store.best_frame, store.affine
+        result.frames = _frame_reports(store)
+        result.preview = _write_preview(out_path, portrait_view, store)
     return result
+
+
+def _write_preview(path: Path | None, portrait_view: np.ndarray, store: FrameStore | None) -> Path | None:
+    """The preview at ``path`` (none without one): the portrait alone, beside the best aligned frame
+    (``.png``) or beside every aligned frame (``.mp4``). Returns ``path``."""
+    if path is None:
+        return None
+    if store is None:
+        _write_png(path, portrait_view)
+    elif path.suffix.lower() == ".png":
+        _write_png(path, np.concatenate([portrait_view, _frame_view(store, _best_position(store))], axis=1))
+    else:
+        _write_mp4(path, portrait_view, store)
+    return path
+
+
+def _frame_reports(store: FrameStore) -> list[dict]:
+    """:attr:`InspectResult.frames` of a prepared store."""
+    found, all_lmk = store.found, store.landmarks(range(len(store)))
+    return [
+        {
+            "index": int(src),
+            "face": bool(found[i]),
+            "filled": not bool(found[i]),
+            "landmarks": _round(all_lmk[i]),
+        }
+        for i, src in enumerate(store.source_indices)
+    ]
 
 
 def _best_position(store: FrameStore) -> int:
@@ -208,10 +221,9 @@ def _frame_view(store: FrameStore, i: int) -> np.ndarray:
 
 
 def _write_png(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.incomplete.png")
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise UsageError(f"cannot write preview {path}", "check that its folder exists and is writable")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise UsageError(f"cannot write preview {path}", "check that its folder exists and is writable")
 
 
 def _write_mp4(path: Path, portrait_view: np.ndarray, store: FrameStore) -> None:

