@@ -15,7 +15,7 @@ import pytest
 from conftest import cli_env, tiny_spec, with_rotation
 
 from xportrait_cli.jobs import run_job
-from xportrait_cli.jobs.checkpoint import CHECKPOINT_NAME
+from xportrait_cli.jobs.workdir import CHECKPOINT_NAME
 from xportrait_cli.video.writer import write_video
 
 

@@ -28,9 +28,9 @@ from xportrait_cli.events import JobDone, JobFailed, JobSkipped, JobStarted, Sta
 from xportrait_cli.jobs import JobSpec
 from xportrait_cli.jobs import batch as batch_module
 from xportrait_cli.jobs.batch import DONE_ELSEWHERE, BatchInterrupted, Shard, run_batch
-from xportrait_cli.jobs.checkpoint import CHECKPOINT_NAME
 from xportrait_cli.jobs.manifest import ManifestJob, load_manifest
 from xportrait_cli.jobs.runner import JobResult
+from xportrait_cli.jobs.workdir import CHECKPOINT_NAME
 from xportrait_cli.progress import RichSink, batch_table
 
 # --------------------------------------------------------------------------------------------------

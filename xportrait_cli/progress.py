@@ -142,9 +142,21 @@ class _TextSink:
 
     def __init__(self, out: TextIO | None) -> None:
         self._out = _ResultWriter(out)
+        self._open: dict[str | None, str] = {}  # the stage each job is in (FramesWritten's stage)
 
     def _print(self, text: str) -> None:
         raise NotImplementedError
+
+    def _stage_of(self, event: Event) -> str:
+        """Keep track of each job's open stage; the stage ``event`` belongs to: its own, or for
+        :class:`FramesWritten` the open one (``decode`` in a job, ``encode`` in a crop)."""
+        if isinstance(event, StageStarted):
+            self._open[event.job] = event.stage
+        elif isinstance(event, StageFinished) and self._open.get(event.job) == event.stage:
+            del self._open[event.job]
+        if isinstance(event, FramesWritten):
+            return self._open.get(event.job, "decode")
+        return getattr(event, "stage", "denoise")
 
     def _job_or_log(self, event: Event) -> bool:
         """Render a job or log event; False for stage events (left to the subclass)."""
@@ -217,6 +229,7 @@ class PlainSink(_TextSink):
     def __call__(self, event: Event) -> None:
         if self._job_or_log(event):
             return
+        stage = self._stage_of(event)
         if isinstance(event, StageStarted):
             key = (event.job, event.stage)
             self._started[key] = self._clock()
@@ -229,7 +242,7 @@ class PlainSink(_TextSink):
             detail = f"t={event.timestep}, {event.windows} windows"
             self._progress(event, "denoise", event.step, event.total_steps, detail)
         elif isinstance(event, FramesWritten):
-            self._progress(event, "encode", event.count, event.total)
+            self._progress(event, stage, event.count, event.total)
         elif isinstance(event, StageFinished):
             self._last_line.pop((event.job, event.stage), None)
             self._print(f"{_prefix(event)}{event.stage}: done in {format_seconds(event.seconds)}")
@@ -328,6 +341,7 @@ class RichSink(_TextSink):
             self._clear()
         if self._job_or_log(event):
             return
+        stage = self._stage_of(event)
         if isinstance(event, StageStarted):
             bar, info = self._bar(event, event.stage)
             if bar in self._tasks:
@@ -343,7 +357,7 @@ class RichSink(_TextSink):
             info += f"t={event.timestep:<4} {event.windows} windows/step"
             p.update(self._task(bar), completed=event.step, total=event.total_steps, info=info)
         elif isinstance(event, FramesWritten):
-            p.update(self._task(self._bar(event, "encode")[0]), completed=event.count, total=event.total)
+            p.update(self._task(self._bar(event, stage)[0]), completed=event.count, total=event.total)
         elif isinstance(event, StageFinished):
             task = self._task(self._bar(event, event.stage)[0])
             total = next(t.total for t in p.tasks if t.id == task)

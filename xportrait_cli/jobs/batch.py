@@ -4,7 +4,7 @@
 single job does carries over: a finished job whose fingerprint matches is skipped, an unfinished one
 resumes from its last completed step, a changed one restarts. On top of that:
 
-- **Networks** are loaded once (one :class:`~xportrait_cli.jobs.runner.NetworksCache`) and reused
+- **Networks** are loaded once (one :class:`~xportrait_cli.jobs.networks.NetworksCache`) and reused
   by every job with the same weights, device and precision.
 - **Failures** are isolated: a known error (:class:`~xportrait_cli.errors.XPortraitError`) is
   recorded with its one-line message; any other exception (a bug) is recorded with its type and
@@ -53,7 +53,8 @@ from xportrait_cli.events import (
 )
 from xportrait_cli.jobs.fingerprint import output_fingerprint
 from xportrait_cli.jobs.manifest import ManifestJob
-from xportrait_cli.jobs.runner import NetworksCache, run_job
+from xportrait_cli.jobs.networks import NetworksCache
+from xportrait_cli.jobs.runner import run_job
 from xportrait_cli.jobs.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,8 @@ class BatchInterrupted(KeyboardInterrupt):  # noqa: N818 - it is a KeyboardInter
 class _JobEvents:
     """The sink one attempt at a job sees.
 
-    Emits :class:`JobStarted` before the job's first event (at once with ``start_now``), holds
+    Emits the batch's :class:`JobStarted` (with k of n) before the job's first event, in place of
+    :func:`run_job`'s own (dropped; at once unless re-checking), holds
     :class:`JobSkipped` back until :func:`run_job` returns (a locked job's "running in another
     process" is dropped: its terminal event comes later), and adds ``note`` before the job's first
     stage, i.e. only when the job really runs.
@@ -193,6 +195,8 @@ class _JobEvents:
             self.sink(self.started)
 
     def __call__(self, event: Event) -> None:
+        if isinstance(event, JobStarted):  # run_job's own: the batch's ``started`` (k of n) stands for it
+            return
         if isinstance(event, JobSkipped):
             self.held = event
             return

@@ -10,7 +10,7 @@ isolation, ``fail_fast``, shards, locked-job re-checks and Ctrl-C handling.
   picks the GPU Ray assigned (``CUDA_VISIBLE_DEVICES``); a task without a GPU hides the node's GPUs
   so ``auto`` means the CPU.
 - **Networks** are loaded once per worker process and reused by every later job it runs (a
-  module-level :class:`~xportrait_cli.jobs.runner.NetworksCache`; the task function keeps its
+  module-level :class:`~xportrait_cli.jobs.networks.NetworksCache`; the task function keeps its
   workers, ``max_calls=0``, where Ray would recycle GPU workers after every task).
 - **Shared state**: inputs, outputs and therefore the jobs' working directories
   (``<output>.xportrait/``) and locks must be on storage every node sees under the same paths.
@@ -49,7 +49,7 @@ from xportrait_cli.jobs.batch import (
     attempt_job,
 )
 from xportrait_cli.jobs.manifest import ManifestJob
-from xportrait_cli.jobs.runner import NetworksCache
+from xportrait_cli.jobs.networks import NetworksCache
 from xportrait_cli.jobs.spec import JobSpec
 
 #: Seconds between two drains of the workers' events while the driver waits for tasks.

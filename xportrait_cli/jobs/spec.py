@@ -7,8 +7,8 @@ from pathlib import Path
 
 from xportrait_cli.config import AnimateOptions
 from xportrait_cli.errors import UsageError
+from xportrait_cli.jobs.workdir import lock_path_for, work_dir_for
 
-WORK_SUFFIX = ".xportrait"
 #: Output suffixes the video writer produces (an MP4 container, H.264 and AAC).
 OUTPUT_SUFFIXES = (".mp4", ".m4v")
 
@@ -55,11 +55,13 @@ class JobSpec:
 
     @property
     def work_dir(self) -> Path:
-        return self.output.with_name(self.output.name + WORK_SUFFIX)
+        """``<output>.xportrait/`` (:mod:`xportrait_cli.jobs.workdir` holds its layout)."""
+        return work_dir_for(self.output)
 
     @property
     def lock_path(self) -> Path:
-        return self.output.with_name(self.output.name + WORK_SUFFIX + ".lock")
+        """``<output>.xportrait.lock``: the per-job file lock."""
+        return lock_path_for(self.output)
 
     @property
     def label(self) -> str:
