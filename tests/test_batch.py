@@ -31,7 +31,8 @@ from xportrait_cli.jobs.batch import DONE_ELSEWHERE, BatchInterrupted, Shard, ru
 from xportrait_cli.jobs.manifest import ManifestJob, load_manifest
 from xportrait_cli.jobs.runner import JobResult
 from xportrait_cli.jobs.workdir import CHECKPOINT_NAME
-from xportrait_cli.progress import RichSink, batch_table
+from xportrait_cli.progress import batch_table
+from xportrait_cli.progress_rich import RichSink
 
 # --------------------------------------------------------------------------------------------------
 # run_batch with a fake runner
