@@ -56,11 +56,7 @@ from xportrait_cli.jobs.workdir import has_checkpoint, open_work_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobLockedError", "JobResult", "NetworksCache", "run_job"]
-
-
-class JobLockedError(XPortraitError):
-    """Another process holds this job's lock."""
+__all__ = ["JobResult", "NetworksCache", "run_job"]
 
 
 @dataclass
