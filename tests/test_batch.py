@@ -26,7 +26,7 @@ from xportrait_cli.config import resolve_options
 from xportrait_cli.errors import InputError, NoFaceError, UsageError
 from xportrait_cli.events import JobDone, JobFailed, JobSkipped, JobStarted, StageStarted
 from xportrait_cli.jobs import JobSpec
-from xportrait_cli.jobs import batch as batch_module
+from xportrait_cli.jobs import attempt as attempt_module
 from xportrait_cli.jobs.batch import DONE_ELSEWHERE, BatchInterrupted, Shard, run_batch
 from xportrait_cli.jobs.manifest import ManifestJob, load_manifest
 from xportrait_cli.jobs.runner import JobResult
@@ -81,7 +81,7 @@ class FakeRunner:
 def fake(monkeypatch):
     def install(plan: dict) -> FakeRunner:
         runner = FakeRunner(plan)
-        monkeypatch.setattr(batch_module, "run_job", runner)
+        monkeypatch.setattr(attempt_module, "run_job", runner)
         return runner
 
     return install

@@ -2,7 +2,7 @@
 
 :func:`run_batch_ray` is :func:`~xportrait_cli.jobs.batch.run_batch` with the attempts run as Ray
 tasks instead of in this process. Everything else is shared (:class:`~xportrait_cli.jobs.batch.BatchPlan`
-and :func:`~xportrait_cli.jobs.batch.attempt_job`): the same summary and exit codes, failure
+and :func:`~xportrait_cli.jobs.attempt.attempt_job`): the same summary and exit codes, failure
 isolation, ``fail_fast``, shards, locked-job re-checks and Ctrl-C handling.
 
 - **Tasks**: one per job, reserving ``num_gpus`` GPUs (fractional to share a card, 0 for CPU) and
@@ -39,15 +39,8 @@ from typing import Any
 
 from xportrait_cli.errors import UsageError
 from xportrait_cli.events import Event, EventSink, JobFailed, JobStarted, Log, null_sink
-from xportrait_cli.jobs.batch import (
-    LOCK_POLL_S,
-    BatchPlan,
-    BatchSummary,
-    JobOutcome,
-    OnResult,
-    Shard,
-    attempt_job,
-)
+from xportrait_cli.jobs.attempt import JobOutcome, attempt_job
+from xportrait_cli.jobs.batch import LOCK_POLL_S, BatchPlan, BatchSummary, OnResult, Shard
 from xportrait_cli.jobs.manifest import ManifestJob
 from xportrait_cli.jobs.networks import NetworksCache
 from xportrait_cli.jobs.spec import JobSpec
