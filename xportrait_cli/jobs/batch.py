@@ -107,7 +107,7 @@ class BatchSummary:
 
     @property
     def exit_code(self) -> int:
-        """130 when interrupted, 3 when a job failed or was not run, else 0 (design.md exit codes)."""
+        """130 when interrupted (SIGINT), 3 when a job failed or was not run, else 0 (the CLI's exit code)."""
         if self.interrupted:
             return 130
         counts = self.counts

@@ -66,8 +66,8 @@ def plan_job_memory(run: JobRun, cache: NetworksCache, networks: XPortraitNetwor
 def denoise(run: JobRun, cache: NetworksCache, memory_plan: MemoryPlan, prepared: Prepared) -> Denoised:
     """Step 3 (stage ``denoise``): sample from the last :class:`Checkpoint` of this job (or from
     noise), saving a checkpoint after every step. Out of device memory, the job goes on from its last
-    checkpoint with :meth:`MemoryPlan.fallback` (the ladder: batched guidance off, then offload,
-    then smaller decode chunks) until none is left.
+    checkpoint with :meth:`MemoryPlan.fallback` (the ladder: separate guidance passes, then
+    offloading with decode chunks of at most 2) until none is left.
 
     Raises:
         OutOfMemoryPlanError: out of memory with the smallest plan (the checkpoint is kept).

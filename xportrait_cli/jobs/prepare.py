@@ -1,7 +1,11 @@
 """Step 1 of a job: the inputs made ready for the sampler (crops, landmarks, the aligned frames).
 
-Official source: the preprocessing of ``core/test_xportrait.py`` (portrait and driving landmarks,
-the driving frames affine-aligned to the portrait, both resized to the sampling size).
+Official source: ``core/test_xportrait.py`` — landmarks on 256-px copies
+(``extract_local_feature_from_single_img``, L33-71), the driving frames aligned to the portrait by
+one affine from the best frame (``adjust_driving_video_to_src_image``, L99-141; ``best_frame``
+-1 picks it, ``NO_ALIGNMENT`` = -2 skips it), frame selection ``frames[start : start + n*stride :
+stride]``, everything resized to the sampling size. ``--crop`` is ours (the official code expects
+square, loosely cropped inputs).
 """
 
 from __future__ import annotations
@@ -51,8 +55,8 @@ def portrait_tensor(path: Path, size: int) -> torch.Tensor:
 def prepare(run: JobRun) -> Prepared:
     """Step 1: crop the inputs (``--crop``), find the portrait's landmarks and best frame (stage
     ``portrait``), and prepare the driving frames into the work dir's store (stage ``align``: the
-    driving video's landmarks, affine-aligned to the portrait's as in official
-    ``core/test_xportrait.py``'s preprocessing). A resumed job reuses the crops and the store.
+    driving video's landmarks, affine-aligned to the portrait's; see the module docstring). A
+    resumed job reuses the crops and the store.
 
     Raises:
         NoFaceError: no face in the portrait (``--best-frame`` other than ``NO_ALIGNMENT``) or in
