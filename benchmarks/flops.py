@@ -12,7 +12,7 @@ sample for x_T, one for the per-frame reference) and decodes every frame.
 
 Ours: the appearance net once per step at batch 1 (shared reference; the cond UNet projects the
 bank's keys/values once instead of 16 times), the ControlNets once per frame per step
-(:class:`~xportrait_cli.pipeline.pipeline_xportrait.ControlResiduals`, counted on the real window
+(:class:`~xportrait_cli.pipeline.control_residuals.ControlResiduals`, counted on the real window
 plans), the source encoded once, every frame decoded once.
 
 Usage: ``python benchmarks/flops.py [--steps 30] [--num-mix 4] [--frames 60 1000] [--json]``
@@ -87,12 +87,12 @@ def component_flops(networks, size: int = 512, window: int = 16) -> dict[str, fl
             lambda: [c.controlnet_cond_embedding(hint) for c in (nets.pose_controlnet, nets.local_controlnet)]
         ),
         "unet_cond_bank16": count_flops(
-            lambda: nets.predict_noise(x, t, num_frames=window, bank=bank16, residuals=residuals)
+            lambda: nets.predict_noise(x, t, window_length=window, bank=bank16, residuals=residuals)
         ),
         "unet_cond_bank1": count_flops(
-            lambda: nets.predict_noise(x, t, num_frames=window, bank=bank1, residuals=residuals)
+            lambda: nets.predict_noise(x, t, window_length=window, bank=bank1, residuals=residuals)
         ),
-        "unet_uncond": count_flops(lambda: nets.predict_noise(x, t, num_frames=window)),
+        "unet_uncond": count_flops(lambda: nets.predict_noise(x, t, window_length=window)),
         "vae_encode_1": count_flops(lambda: nets.vae.encode(torch.empty(1, 3, size, size, **meta))),
         "vae_decode_1": count_flops(lambda: nets.vae.decode(torch.empty(1, 4, h, h, **meta))),
     }
@@ -101,7 +101,7 @@ def component_flops(networks, size: int = 512, window: int = 16) -> dict[str, fl
 
 def controlnet_frames_per_step(num_frames: int, num_mix: int, offset: int = 0) -> tuple[int, int]:
     """(frames through the ControlNets per step with reuse, official count) on the real window plan."""
-    from xportrait_cli.pipeline.pipeline_xportrait import ControlResiduals
+    from xportrait_cli.pipeline.control_residuals import ControlResiduals
     from xportrait_cli.pipeline.windows import window_plan
 
     plan = window_plan(num_frames, offset % num_frames, num_mix)
@@ -155,7 +155,7 @@ def schedule_flops(
 
 def run(frames: list[int] = (60, 1000), steps: int = 30, num_mix: int = 4, size: int = 512) -> dict:
     """Count everything; returns a JSON-able dict (TFLOP figures, ratios, per-window shares)."""
-    from xportrait_cli.pipeline.schedule import official_timesteps
+    from xportrait_cli.pipeline.timesteps import official_timesteps
 
     torch.set_num_threads(1)
     networks = meta_networks()

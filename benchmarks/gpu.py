@@ -188,7 +188,7 @@ def run_setting(setting: str, args, device: torch.device, state: dict) -> dict:
     """Warm up, then time one denoising run of ``args.frames`` frames under ``setting``."""
     from xportrait_cli.pipeline import XPortraitPipeline
     from xportrait_cli.pipeline.memory import ModelSize, estimate_peak
-    from xportrait_cli.pipeline.schedule import official_timesteps
+    from xportrait_cli.pipeline.timesteps import official_timesteps
 
     dtype = torch.float16 if setting == "fp16" else torch.bfloat16
     if args.smoke:

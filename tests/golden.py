@@ -75,7 +75,7 @@ def component_checks(networks, tensors: dict, atol: float, report: Report) -> No
     with torch.no_grad():
         if has("comp_a/eps"):
             eps = networks.predict_noise(
-                tensors["comp_a/x"], tensors["comp_a/t"], num_frames=tensors["comp_a/x"].shape[0]
+                tensors["comp_a/x"], tensors["comp_a/t"], window_length=tensors["comp_a/x"].shape[0]
             )
             report.add("comp_a/eps", eps, tensors["comp_a/eps"], atol)
         for name, controlnet in (
@@ -100,13 +100,13 @@ def component_checks(networks, tensors: dict, atol: float, report: Report) -> No
             for i, tokens in enumerate(bank.tokens):
                 if has(f"comp_c/bank_{i:02d}"):
                     report.add(f"comp_c/bank_{i:02d}", tokens, tensors[f"comp_c/bank_{i:02d}"], atol)
-            eps = networks.predict_noise(x, t, num_frames=x.shape[0], bank=bank)
+            eps = networks.predict_noise(x, t, window_length=x.shape[0], bank=bank)
             report.add("comp_c/eps", eps, tensors["comp_c/eps"], atol)
             if has("comp_c2/eps"):
                 residuals = networks.controlnet_residuals(
                     x, t, tensors["comp_c2/hint"], tensors["comp_c2/local"]
                 )
-                eps = networks.predict_noise(x, t, num_frames=x.shape[0], bank=bank, residuals=residuals)
+                eps = networks.predict_noise(x, t, window_length=x.shape[0], bank=bank, residuals=residuals)
                 report.add("comp_c2/eps", eps, tensors["comp_c2/eps"], atol)
         if has("comp_d/image"):
             posterior = networks.vae.encode(tensors["comp_d/image"]).latent_dist

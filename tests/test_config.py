@@ -12,7 +12,6 @@ from xportrait_cli import config
 from xportrait_cli.config import (
     PRESETS_DIR,
     AnimateOptions,
-    ddim_timesteps,
     default_of,
     flag_of,
     help_text,
@@ -21,9 +20,9 @@ from xportrait_cli.config import (
     normalize_options,
     options_to_dict,
     resolve_options,
-    steps_are_valid,
 )
 from xportrait_cli.errors import UsageError
+from xportrait_cli.pipeline.timesteps import is_valid_step_count, official_timesteps
 
 
 def test_builtin_defaults_are_the_official_settings():
@@ -57,20 +56,6 @@ def test_options_are_frozen():
         AnimateOptions().seed = 1  # type: ignore[misc]
 
 
-def test_ddim_timesteps_follow_the_official_schedule():
-    ts = ddim_timesteps(30)
-    assert len(ts) == 31 and ts[:3] == [991, 958, 925] and ts[-1] == 1
-    assert len(ddim_timesteps(15)) == 16 and ddim_timesteps(15)[0] == 991
-    assert len(ddim_timesteps(25)) == 25 and len(ddim_timesteps(20)) == 20
-    assert ddim_timesteps(1) == [1]
-
-
-def test_invalid_step_counts_are_computed_not_tabulated():
-    bad = {s for s in range(1, 1001) if not steps_are_valid(s)}
-    assert bad == {3, 9, 27, 36, 37, *range(101, 112), *range(251, 334), *range(501, 1001)}
-    assert not steps_are_valid(0) and not steps_are_valid(1001) and not steps_are_valid(True)
-
-
 @pytest.mark.parametrize("steps", [3, 27, 105, 300, 1000])
 def test_steps_reaching_timestep_1000_are_refused_with_a_neighbour(steps):
     with pytest.raises(UsageError) as err:
@@ -78,7 +63,7 @@ def test_steps_reaching_timestep_1000_are_refused_with_a_neighbour(steps):
     assert "num_inference_steps" in err.value.message and str(steps) in err.value.message
     assert "1000" in err.value.message
     near = [int(w) for w in err.value.hint.replace("use", "").replace("instead", "").split("or")]
-    assert all(steps_are_valid(n) for n in near)
+    assert all(is_valid_step_count(n) for n in near)
 
 
 @pytest.mark.parametrize(
@@ -177,7 +162,7 @@ def test_shipped_presets():
     assert resolve_options(preset="default") == AnimateOptions()
     fast = resolve_options(preset="fast")
     assert fast == AnimateOptions(num_inference_steps=15)
-    assert len(ddim_timesteps(fast.num_inference_steps)) == 16
+    assert len(official_timesteps(fast.num_inference_steps)) == 16
 
 
 def test_every_shipped_preset_loads():

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from xportrait_cli.pipeline import TensorFrames, XPortraitPipeline
-from xportrait_cli.pipeline.pipeline_xportrait import ControlResiduals
+from xportrait_cli.pipeline.control_residuals import ControlResiduals
 from xportrait_cli.pipeline.windows import window_plan
 
 

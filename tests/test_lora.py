@@ -65,7 +65,7 @@ def unet_eps(networks, seed: int = 3) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(16, 4, 8, 8, generator=g)
     with torch.no_grad():
-        return networks.predict_noise(x, torch.full((16,), 501), num_frames=16)
+        return networks.predict_noise(x, torch.full((16,), 501), window_length=16)
 
 
 def test_keys_load_strictly_and_scale_zero_equals_no_lora(fresh_networks, lora_file, golden, tiny_config):

@@ -164,7 +164,7 @@ def test_guidance_scale_one_runs_one_pass_with_the_same_result(golden, media, tm
     assert calls == [16] * 8  # 4 steps x 2 windows, conditional pass only
     calls.clear()
     # both passes at scale 1 (eps_u + 1*(eps_c - eps_u)) give the same frames up to rounding
-    monkeypatch.setattr("xportrait_cli.pipeline.pipeline_xportrait.is_guided", lambda *a: True)
+    monkeypatch.setattr("xportrait_cli.pipeline.denoising.is_guided", lambda *a: True)
     two = run_job(tiny_spec(golden, media, tmp_path / "two.mp4", guidance_scale=1), keep_work=True)
     assert calls == [16] * 16
     error = (final_latents(one) - final_latents(two)).abs().max().item()

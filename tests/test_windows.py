@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from xportrait_cli.pipeline.schedule import alphas_cumprod, make_scheduler, official_timesteps
+from xportrait_cli.pipeline.schedule import alphas_cumprod, make_scheduler
+from xportrait_cli.pipeline.timesteps import official_timesteps
 from xportrait_cli.pipeline.windows import WINDOW, frame_counts, last_positions, window_plan, window_starts
 
 
@@ -65,17 +66,6 @@ def test_bad_arguments_are_rejected():
         window_plan(20, 20, num_mix=4)
     with pytest.raises(ValueError, match="num_frames"):
         window_plan(0, 0, num_mix=4)
-
-
-def test_official_timesteps():
-    assert official_timesteps(4) == [751, 501, 251, 1]
-    thirty = official_timesteps(30)
-    assert len(thirty) == 31 and thirty[0] == 991 and thirty[1] == 958 and thirty[-1] == 1
-    assert len(official_timesteps(15)) == 16 and official_timesteps(15)[0] == 991
-    assert len(official_timesteps(25)) == 25 and len(official_timesteps(20)) == 20
-    for bad in (3, 9, 27, 36, 37, 101, 111, 251, 333, 501, 1000):
-        with pytest.raises(ValueError, match="timestep 1000"):
-            official_timesteps(bad)
 
 
 def test_scheduler_steps_with_official_alphas():

@@ -8,8 +8,9 @@ validates presets and manifests.
 Precedence (highest first), applied by :func:`resolve_options`:
 
 - ``xportrait animate``: **flags** (and their environment variables, e.g. ``XPORTRAIT_MODEL``)
-  > **preset** (``--preset NAME|FILE``) > **built-in defaults** (the field defaults below, equal to
-  ``presets/default.yaml``: the official settings).
+  > **preset** (``--preset NAME|FILE``) > **built-in defaults** (the field defaults below; those of
+  the sampling options come from :data:`~xportrait_cli.pipeline.defaults.OFFICIAL_DEFAULTS`, which
+  ``presets/default.yaml`` equals: the official settings).
 - ``xportrait batch``: **job** entry > **manifest defaults** > **preset** > **built-in defaults**.
 
 A layer only overrides the options it sets: ``None`` means "not set" everywhere, so a flag left at
@@ -38,14 +39,16 @@ import yaml
 
 import xportrait_cli
 from xportrait_cli.errors import UsageError
-
-#: Frames per temporal window: the motion modules hard-code 16 (official ``video_length``).
-WINDOW_FRAMES = 16
-#: Training timesteps of the SD-1.5 DDPM schedule.
-TRAIN_TIMESTEPS = 1000
-#: Most steps of the lcm scheduler (it picks its steps from 50 "original" ones).
-LCM_MAX_STEPS = 50
-#: The top-level ``presets`` folder of the product layout (beside the package, not inside it).
+from xportrait_cli.pipeline.defaults import DEFAULT_REFERENCE_MODE, OFFICIAL_DEFAULTS, REFERENCE_MODES
+from xportrait_cli.pipeline.guidance import CONTROL_MODES
+from xportrait_cli.pipeline.timesteps import (
+    LCM_ORIGINAL_STEPS,
+    NUM_TRAIN_TIMESTEPS,
+    SCHEDULERS,
+    is_valid_step_count,
+    nearest_valid_step_counts,
+)
+from xportrait_cli.pipeline.windows import WINDOW
 
 
 def _presets_dir() -> Path:
@@ -56,6 +59,7 @@ def _presets_dir() -> Path:
     return checkout if checkout.is_dir() or not installed.is_dir() else installed
 
 
+#: The top-level ``presets`` folder of the product layout (beside the package, not inside it).
 PRESETS_DIR = _presets_dir()
 
 #: Alternative names accepted for options in presets, manifests and flag mappings.
@@ -74,56 +78,21 @@ def _opt(default: Any, help: str, *, flag: str | None = None, choices: Sequence[
     return field(default=default, metadata=meta)
 
 
-# --------------------------------------------------------------------------------------------------
-# The DDIM timestep list of the official sampler
-# --------------------------------------------------------------------------------------------------
-
-
-def ddim_timesteps(num_inference_steps: int) -> list[int]:
-    """Timesteps the official sampler visits for ``--steps S``, in sampling order (descending).
-
-    Official ``ddim_discretize="uniform"``: ``arange(0, 1000, 1000 // S) + 1`` with the step-count
-    assert commented out, so S=30 gives **31** steps ``[991, 958, ..., 34, 1]``, S=15 gives 16 and
-    S=25 gives 25 (spec §3.9). Raises :class:`UsageError` for an S outside 1..1000 or one whose
-    list would reach timestep 1000 (see :func:`check_steps`).
-    """
-    check_steps(num_inference_steps)
-    stride = TRAIN_TIMESTEPS // num_inference_steps
-    return [t + 1 for t in range(0, TRAIN_TIMESTEPS, stride)][::-1]
-
-
-def steps_are_valid(num_inference_steps: int) -> bool:
-    """Whether S lies in 1..1000 and the official schedule stays below timestep 1000.
-
-    The schedule is ``range(0, 1000, 1000 // S)`` plus one; when it contains 999 the sampler asks
-    for ``alphas_cumprod[1000]`` and crashes (S in {3, 9, 27, 36, 37, 101-111, 251-333, 501-1000}).
-    Computed, not tabulated.
-    """
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
-        return False
-    if not 1 <= num_inference_steps <= TRAIN_TIMESTEPS:
-        return False
-    return max(range(0, TRAIN_TIMESTEPS, TRAIN_TIMESTEPS // num_inference_steps)) + 1 < TRAIN_TIMESTEPS
-
-
 def check_steps(num_inference_steps: int) -> None:
-    """Raise :class:`UsageError` unless :func:`steps_are_valid`; the hint names the nearest valid S."""
+    """Raise :class:`UsageError` unless ``num_inference_steps`` is a valid official step count
+    (:func:`~xportrait_cli.pipeline.timesteps.is_valid_step_count`); the hint names the nearest ones."""
     s = num_inference_steps
-    if steps_are_valid(s):
+    if is_valid_step_count(s):
         return
-    if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= TRAIN_TIMESTEPS:
+    if not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= NUM_TRAIN_TIMESTEPS:
         raise UsageError(
-            f"invalid num_inference_steps (--steps) {s!r}: must be an integer in 1..{TRAIN_TIMESTEPS}",
+            f"invalid num_inference_steps (--steps) {s!r}: must be an integer in 1..{NUM_TRAIN_TIMESTEPS}",
             "30 is the official setting (31 DDIM steps); 15 is the fast preset",
         )
-    stride = TRAIN_TIMESTEPS // s
-    last = max(range(0, TRAIN_TIMESTEPS, stride)) + 1
-    below = next((k for k in range(s - 1, 0, -1) if steps_are_valid(k)), None)
-    above = next((k for k in range(s + 1, TRAIN_TIMESTEPS + 1) if steps_are_valid(k)), None)
-    near = " or ".join(str(k) for k in (below, above) if k is not None)
+    near = " or ".join(map(str, nearest_valid_step_counts(s)))
     raise UsageError(
         f"invalid num_inference_steps (--steps) {s}: the official DDIM schedule "
-        f"arange(0, 1000, 1000//{s}) + 1 would reach timestep {last}",
+        f"arange(0, 1000, 1000//{s}) + 1 would reach timestep {NUM_TRAIN_TIMESTEPS}",
         f"use {near} instead",
     )
 
@@ -159,24 +128,26 @@ class AnimateOptions:
         flag="--model-config",
     )
     num_inference_steps: int = _opt(
-        30,
+        OFFICIAL_DEFAULTS.num_inference_steps,
         "DDIM steps S, official meaning: timesteps arange(0,1000,1000//S)+1, so 30 runs 31 steps "
         "and 15 runs 16. S whose schedule reaches timestep 1000 (e.g. 27, 36, 101-111) is refused.",
         flag="--steps",
     )
     guidance_scale: float = _opt(
-        5.0,
+        OFFICIAL_DEFAULTS.guidance_scale,
         "Classifier-free guidance scale (official uc_scale 5): eps_u + scale*(eps_c - eps_u).",
         flag="--guidance-scale",
     )
     num_mix: int = _opt(
-        4,
-        f"Overlapping frames between consecutive {WINDOW_FRAMES}-frame windows (0 <= num_mix < "
-        f"{WINDOW_FRAMES}); windows advance by {WINDOW_FRAMES} - num_mix.",
+        OFFICIAL_DEFAULTS.num_mix,
+        f"Overlapping frames between consecutive {WINDOW}-frame windows (0 <= num_mix < "
+        f"{WINDOW}); windows advance by {WINDOW} - num_mix.",
         flag="--num-mix",
     )
     seed: int = _opt(
-        999, "Random seed (0 <= seed < 2**32) for every draw of the sampler; official 999.", flag="--seed"
+        OFFICIAL_DEFAULTS.seed,
+        "Random seed (0 <= seed < 2**32) for every draw of the sampler; official 999.",
+        flag="--seed",
     )
     best_frame: int = _opt(
         -1,
@@ -218,11 +189,11 @@ class AnimateOptions:
         choices=("auto", "fp32", "fp16", "bf16"),
     )
     reference_mode: str = _opt(
-        "shared",
+        DEFAULT_REFERENCE_MODE,
         "Appearance features: shared (computed once per step and reused by every window) or "
         "per-frame (recomputed for each window, as the official code).",
         flag="--reference-mode",
-        choices=("shared", "per-frame"),
+        choices=REFERENCE_MODES,
     )
     batch_guidance: str = _opt(
         "auto",
@@ -275,21 +246,21 @@ class AnimateOptions:
         flag="--init-video",
     )
     control_mode: str = _opt(
-        "controlnet-important",
+        OFFICIAL_DEFAULTS.control_mode,
         "What the unconditional pass sees: controlnet-important (nothing: guidance amplifies appearance "
         "and motion; official default) or motion-guidance (the reference and mid-grey zero hints too: "
         "guidance amplifies only the motion; official 'balance').",
         flag="--control-mode",
-        choices=("controlnet-important", "motion-guidance"),
+        choices=CONTROL_MODES,
     )
     noised_reference: bool = _opt(
-        False,
+        OFFICIAL_DEFAULTS.noised_reference,
         "Noise the reference latents to each step's timestep, a fresh draw per window (official "
         "--wonoise flag); in shared reference mode one noisy reference per window.",
         flag="--noised-reference",
     )
     guidance_interval: tuple[float, float] = _opt(
-        (0.0, 1.0),
+        OFFICIAL_DEFAULTS.guidance_interval,
         "Guide only the steps whose position in the schedule (0 = first, 1 = last) lies in LO..HI; the "
         "others run one pass (Kynkaanniemi et al. 2024). Default 0 1: every step, as officially.",
         flag="--guidance-interval",
@@ -302,11 +273,11 @@ class AnimateOptions:
     )
     lora_scale: float = _opt(1.0, "Strength of --lora (0 = no effect).", flag="--lora-scale")
     scheduler: str = _opt(
-        "ddim",
+        OFFICIAL_DEFAULTS.scheduler,
         f"Sampler: ddim (official) or lcm (diffusers LCMScheduler, for an LCM-LoRA: S steps, "
-        f"S <= {LCM_MAX_STEPS}). Experimental.",
+        f"S <= {LCM_ORIGINAL_STEPS}). Experimental.",
         flag="--scheduler",
-        choices=("ddim", "lcm"),
+        choices=SCHEDULERS,
     )
 
     def __post_init__(self) -> None:
@@ -317,10 +288,10 @@ class AnimateOptions:
                 "invalid paste_back (--paste-back) with crop off",
                 "use --crop auto or on, or drop --paste-back",
             )
-        if self.scheduler == "lcm" and self.num_inference_steps > LCM_MAX_STEPS:
+        if self.scheduler == "lcm" and self.num_inference_steps > LCM_ORIGINAL_STEPS:
             raise UsageError(
                 f"invalid num_inference_steps (--steps) {self.num_inference_steps} with --scheduler lcm: "
-                f"at most {LCM_MAX_STEPS}",
+                f"at most {LCM_ORIGINAL_STEPS}",
                 "LCM needs few steps: 4-8",
             )
 
@@ -481,11 +452,11 @@ def _coerce(name: str, value: Any) -> Any:
     v = _as_int(name, value)
     if name == "num_inference_steps":
         check_steps(v)
-    elif name == "num_mix" and not 0 <= v < WINDOW_FRAMES:
+    elif name == "num_mix" and not 0 <= v < WINDOW:
         raise _bad(
             name,
             value,
-            f"must be in 0..{WINDOW_FRAMES - 1} (overlap inside a {WINDOW_FRAMES}-frame window)",
+            f"must be in 0..{WINDOW - 1} (overlap inside a {WINDOW}-frame window)",
             "4 is the official setting",
         )
     elif name == "seed" and not 0 <= v < 2**32:

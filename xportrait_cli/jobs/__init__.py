@@ -1,6 +1,12 @@
-"""Jobs: one (portrait, driving) pair from options to a finished MP4, resumable; manifests for batches."""
+"""Jobs: one (portrait, driving) pair from options to a finished MP4, resumable; manifests for batches.
 
-from xportrait_cli.jobs.runner import JobResult, NetworksCache, run_job
-from xportrait_cli.jobs.spec import JobSpec
+The names below load on first access (``lazy_loader``, PEP 562), so reading and validating a
+manifest (:mod:`.manifest`, :mod:`.spec`) does not import torch or diffusers.
+"""
 
-__all__ = ["JobResult", "JobSpec", "NetworksCache", "run_job"]
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={"runner": ["JobResult", "NetworksCache", "run_job"], "spec": ["JobSpec"]},
+)

@@ -26,13 +26,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``"auto"`` → fp32 on the CPU, :data:`~xportrait_cli.models.weights.CUDA_DTYPE` (fp16) on CUDA:
+    """``"auto"`` → fp32 on the CPU, :data:`~xportrait_cli.weights.registry.CUDA_DTYPE` (fp16) on CUDA:
     the precision ``download-weights`` converts to, so the default weights load without a cast."""
-    if dtype == "auto":
-        from xportrait_cli.models.weights import CUDA_DTYPE
+    from xportrait_cli.weights.registry import CUDA_DTYPE, torch_dtype
 
+    if dtype == "auto":
         dtype = CUDA_DTYPE if device.type == "cuda" else "fp32"
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    return torch_dtype(dtype)
 
 
 def device_name(device: torch.device) -> str:
@@ -56,7 +56,7 @@ def model_path(spec: JobSpec) -> Path:
                 "pass an existing --model or run `xportrait download-weights`",
             )
         return spec.options.model
-    from xportrait_cli.models.weights import default_model_path
+    from xportrait_cli.weights.registry import default_model_path
 
     return default_model_path()
 

@@ -1,15 +1,16 @@
-"""X-Portrait networks on diffusers: temporal module, reference attention, checkpoint conversion."""
+"""X-Portrait networks on diffusers: temporal module, reference attention, checkpoint conversion.
 
-from xportrait_cli.models.architecture import Architecture, build_architecture
-from xportrait_cli.models.loading import convert_checkpoint, is_converted, load_networks, read_checkpoint
-from xportrait_cli.models.networks import XPortraitNetworks
+The names below load on first access (``lazy_loader``, PEP 562): importing a torch-free module of
+the package (e.g. :mod:`.weights`' registry) does not import torch or diffusers first.
+"""
 
-__all__ = [
-    "Architecture",
-    "XPortraitNetworks",
-    "build_architecture",
-    "convert_checkpoint",
-    "is_converted",
-    "load_networks",
-    "read_checkpoint",
-]
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "architecture": ["Architecture", "build_architecture"],
+        "loading": ["convert_checkpoint", "is_converted", "load_networks", "read_checkpoint"],
+        "networks": ["XPortraitNetworks"],
+    },
+)

@@ -84,8 +84,9 @@ class TemporalModule(nn.Module):
     """One motion module: per-frame GroupNorm, ``proj_in``, a temporal transformer block, ``proj_out``.
 
     Input and output: latents-like features ``(batch·frames, C, H, W)`` with frames contiguous per
-    video (frame-major inside each video). ``num_frames`` is the window length (16 officially; any
-    length ≤ 24 works). The output adds the module's result to its input (official residual).
+    video (frame-major inside each video). ``window_length`` is the number of frames per video, the
+    sampler's window (16 officially; any length ≤ 24 works). The output adds the module's result to
+    its input (official residual).
 
     Layout: after the GroupNorm the features are transposed once to ``(batch·H·W, frames, C)``, where
     ``proj_in``, the block and ``proj_out`` (all per token but the frame attention) run, and the result
@@ -102,15 +103,16 @@ class TemporalModule(nn.Module):
         self.transformer_blocks = nn.ModuleList([TemporalTransformerBlock(channels, heads)])
         self.proj_out = nn.Linear(channels, channels)
 
-    def forward(self, hidden_states: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, window_length: int) -> torch.Tensor:
         bf, channels, height, width = hidden_states.shape
-        if bf % num_frames:
-            raise ValueError(f"batch {bf} is not a multiple of num_frames={num_frames}")
-        batch, pixels = bf // num_frames, height * width
-        x = self.norm(hidden_states).view(batch, num_frames, channels, pixels)
-        x = x.permute(0, 3, 1, 2).reshape(batch * pixels, num_frames, channels)
+        if bf % window_length:
+            raise ValueError(f"batch {bf} is not a multiple of window_length={window_length}")
+        batch, pixels = bf // window_length, height * width
+        x = self.norm(hidden_states).view(batch, window_length, channels, pixels)
+        x = x.permute(0, 3, 1, 2).reshape(batch * pixels, window_length, channels)
         x = self.proj_in(x)
         for block in self.transformer_blocks:
             x = block(x)
-        x = self.proj_out(x).view(batch, pixels, num_frames, channels).permute(0, 2, 3, 1)
-        return (hidden_states.view(batch, num_frames, channels, pixels) + x).view(bf, channels, height, width)
+        x = self.proj_out(x).view(batch, pixels, window_length, channels).permute(0, 2, 3, 1)
+        out = hidden_states.view(batch, window_length, channels, pixels) + x
+        return out.view(bf, channels, height, width)

@@ -168,12 +168,12 @@ class XPortraitNetworks(nn.Module):
         latents: torch.Tensor,
         timestep: torch.Tensor,
         *,
-        num_frames: int,
+        window_length: int,
         bank: ReferenceBank | None = None,
         residuals: tuple[list[torch.Tensor], torch.Tensor] | None = None,
         skip_rows: int = 0,
     ) -> torch.Tensor:
-        """Main UNet noise prediction for ``(B, 4, h, w)`` latents, ``B`` a multiple of ``num_frames``.
+        """Main UNet noise prediction for ``(B, 4, h, w)`` latents, ``B`` a multiple of ``window_length``.
 
         ``bank`` (reference tokens) is read by rows ``skip_rows:``; ``residuals`` are ControlNet
         residuals for all B rows (zeros for rows that should get none) or None.
@@ -188,7 +188,7 @@ class XPortraitNetworks(nn.Module):
                 latents,
                 timestep,
                 self.context,
-                num_frames=num_frames,
+                window_length=window_length,
                 down_block_additional_residuals=down,
                 mid_block_additional_residual=mid,
             )

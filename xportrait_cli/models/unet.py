@@ -1,12 +1,13 @@
 """The main denoiser: a diffusers SD-1.5 ``UNet2DConditionModel`` with X-Portrait's motion modules.
 
-Official source: ``UNetModel_Temporal`` / ``ControlledUnetModelAttn_Temporal_Pose_Local`` (spec §3.2).
-A motion module runs after every ResBlock(+transformer) layer of the down path (LDM input blocks
-1,2,4,5,7,8,10,11), after every layer of the up path — after the upsampler where a block has one —
-and nowhere in the middle block. The skip saved for the up path is the value after the motion module,
-and ControlNet residuals are added to the skips and to the middle-block output. diffusers' own
-``UNetMotionModel`` places the up-path module before the upsampler, so this module walks diffusers'
-blocks itself (:func:`unet_forward`); the appearance net uses the same walk without motion modules.
+Official source: ``ControlledUnetModelAttn_Temporal_Pose_Local`` (``cldm/cldm.py`` L18–92) on
+``UNetModel_Temporal`` (``ldm/modules/diffusionmodules/openaimodel.py``). A motion module runs after
+every ResBlock(+transformer) layer of the down path (LDM input blocks 1,2,4,5,7,8,10,11), after
+every layer of the up path — after the upsampler where a block has one — and nowhere in the middle
+block. The skip saved for the up path is the value after the motion module, and ControlNet residuals
+are added to the skips and to the middle-block output. diffusers' own ``UNetMotionModel`` places the
+up-path module before the upsampler, so this module walks diffusers' blocks itself
+(:func:`unet_forward`); the appearance net uses the same walk without motion modules.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def unet_forward(
     *,
     down_motion: Sequence[nn.Module] | None = None,
     up_motion: Sequence[nn.Module] | None = None,
-    num_frames: int = 16,
+    window_length: int | None = None,
     down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
     mid_block_additional_residual: torch.Tensor | None = None,
     output_head: bool = True,
@@ -51,8 +52,10 @@ def unet_forward(
     """Run a diffusers SD UNet block by block, with optional motion modules and control residuals.
 
     Args:
-        sample: latents ``(B, 4, h, w)``; with motion modules ``B = videos · num_frames``, frames
+        sample: latents ``(B, 4, h, w)``; with motion modules ``B = videos · window_length``, frames
             contiguous per video.
+        window_length: frames per video the motion modules attend over (the sampler's window,
+            ``xportrait_cli.pipeline.windows.WINDOW`` = 16 as trained); required with motion modules.
         timestep: scalar or ``(B,)`` diffusion timesteps in [0, 999].
         encoder_hidden_states: text context ``(B, 77, context_dim)`` (``(1, …)`` is broadcast).
         down_motion / up_motion: one module per down layer (8) / up layer (12), or None.
@@ -62,7 +65,12 @@ def unet_forward(
 
     Returns:
         The noise prediction ``(B, 4, h, w)``, or None when ``output_head`` is False.
+
+    Raises:
+        ValueError: motion modules are given without ``window_length``.
     """
+    if window_length is None and (down_motion is not None or up_motion is not None):
+        raise ValueError("window_length is required with motion modules")
     context = encoder_hidden_states
     if context.shape[0] == 1 and sample.shape[0] > 1:
         context = context.expand(sample.shape[0], -1, -1)
@@ -76,7 +84,7 @@ def unet_forward(
         for j, resnet in enumerate(block.resnets):
             h = _layer(resnet, attentions[j] if attentions else None, h, emb, context)
             if down_motion is not None:
-                h = down_motion[layer_index](h, num_frames)
+                h = down_motion[layer_index](h, window_length)
             layer_index += 1
             skips.append(h)
         if block.downsamplers is not None:
@@ -99,7 +107,7 @@ def unet_forward(
             if j == last and block.upsamplers is not None:
                 h = block.upsamplers[0](h, skips[-1].shape[-2:] if skips else None)
             if up_motion is not None:
-                h = up_motion[layer_index](h, num_frames)
+                h = up_motion[layer_index](h, window_length)
             layer_index += 1
 
     if not output_head:
@@ -120,10 +128,10 @@ def motion_module_channels(unet: UNet2DConditionModel) -> tuple[list[int], list[
 class XPortraitUNet(nn.Module):
     """The main denoiser: SD-1.5 UNet (``unet``) plus 8 down and 12 up :class:`TemporalModule`.
 
-    ``forward(sample, timestep, encoder_hidden_states, num_frames=16, down_block_additional_residuals,
+    ``forward(sample, timestep, encoder_hidden_states, *, window_length, down_block_additional_residuals,
     mid_block_additional_residual)`` returns the noise prediction ``(B, 4, h, w)`` for
-    ``B = videos · num_frames`` latents. Self-attention reads a reference bank when one is wired
-    (:mod:`xportrait_cli.models.reference`).
+    ``B = videos · window_length`` latents (``window_length``: the sampler's window, 16 as trained).
+    Self-attention reads a reference bank when one is wired (:mod:`xportrait_cli.models.reference`).
     """
 
     def __init__(self, unet: UNet2DConditionModel, heads: int = 8) -> None:
@@ -138,7 +146,8 @@ class XPortraitUNet(nn.Module):
         sample: torch.Tensor,
         timestep: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
-        num_frames: int = 16,
+        *,
+        window_length: int,
         down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
         mid_block_additional_residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -149,7 +158,7 @@ class XPortraitUNet(nn.Module):
             encoder_hidden_states,
             down_motion=self.down_motion_modules,
             up_motion=self.up_motion_modules,
-            num_frames=num_frames,
+            window_length=window_length,
             down_block_additional_residuals=down_block_additional_residuals,
             mid_block_additional_residual=mid_block_additional_residual,
         )

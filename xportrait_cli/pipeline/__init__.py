@@ -1,17 +1,17 @@
-"""The windowed DDIM sampler: window plan (pure), schedule, randomness, XPortraitPipeline."""
+"""The windowed DDIM sampler: official facts, window plan, schedule, randomness, XPortraitPipeline.
 
-from xportrait_cli.pipeline.pipeline_xportrait import (
-    ConditioningFrames,
-    TensorFrames,
-    XPortraitPipeline,
-    XPortraitPipelineOutput,
+The torch-free modules (:mod:`.timesteps`, :mod:`.windows`, :mod:`.guidance`, :mod:`.defaults`) import
+on their own: the names below load on first access (``lazy_loader``, PEP 562), so importing the
+package or one of those modules does not import torch or diffusers.
+"""
+
+import lazy_loader
+
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "frames": ["ConditioningFrames", "TensorFrames"],
+        "pipeline_xportrait": ["XPortraitPipeline", "XPortraitPipelineOutput"],
+        "randomness": ["RandomDraws"],
+    },
 )
-from xportrait_cli.pipeline.randomness import RandomDraws
-
-__all__ = [
-    "ConditioningFrames",
-    "RandomDraws",
-    "TensorFrames",
-    "XPortraitPipeline",
-    "XPortraitPipelineOutput",
-]

@@ -1,6 +1,7 @@
 """Classifier-free guidance options: what the unconditional pass sees, and on which steps it runs.
 
-Control modes (official ``control_mode``, spec §3.8; golden cases A and c2):
+Control modes (official ``control_mode``: ``ldm/models/diffusion/ddim.py`` L566–631 and
+``core/test_xportrait.py`` L321–333; golden cases A and c2):
 
 - ``controlnet-important`` (official ``controlnet_important``, the default): the unconditional pass
   is the main UNet with its motion modules only (no reference bank, no ControlNet residuals), so

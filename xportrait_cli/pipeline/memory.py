@@ -14,14 +14,14 @@ and decodes ``1``, ``2`` or ``4`` frames per VAE call, the most that fits. None 
 only fills in ``auto``. At run time, running out of memory anyway steps down the same ladder
 (:meth:`MemoryPlan.fallback`; the runner resumes from the last step's checkpoint).
 
-Estimates (source: issue #8's figures for the official model at 512², SD-1.5 widths, 2-byte dtype,
-SDPA flash/memory-efficient attention): one 16-frame UNet + ControlNet pass needs about 2.6 GB of
-activations; VAE decoding 16 frames at once peaks at 8.6 GB (0.54 GB a frame). Activations scale with
-the number of latent pixels (``(size/512)²``), the model width (``/320``) and the dtype's bytes. To
-these come the weights (counted exactly), the ControlNet residuals kept for overlapping windows
-(counted exactly from the widths) and a fixed allowance for the CUDA allocator's fragmentation and
-kernels' workspaces. Nothing depends on the number of frames: the pipeline keeps all N frames'
-latents in CPU memory and moves one window at a time. ``benchmarks/gpu.py`` measures the real peaks.
+Estimates (for the official model at 512², SD-1.5 widths, 2-byte dtype, SDPA flash/memory-efficient
+attention): one 16-frame UNet + ControlNet pass needs about 2.6 GB of activations; VAE decoding 16
+frames at once peaks at 8.6 GB (0.54 GB a frame). Activations scale with the number of latent pixels
+(``(size/512)²``), the model width (``/320``) and the dtype's bytes. To these come the weights
+(counted exactly), the ControlNet residuals kept for overlapping windows (counted exactly from the
+widths) and a fixed allowance for the CUDA allocator's fragmentation and kernels' workspaces.
+Nothing depends on the number of frames: the pipeline keeps all N frames' latents in CPU memory and
+moves one window at a time. ``benchmarks/gpu.py`` measures the real peaks.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from xportrait_cli.errors import OutOfMemoryPlanError
+from xportrait_cli.pipeline.windows import WINDOW
 
 GIB = 1024**3
 #: Activations of one 16-frame pass (main UNet + both ControlNets) at 512², width 320, 2 bytes.
@@ -43,8 +44,9 @@ VAE_FRAME_BYTES_512 = int(8.6e9 / 16)
 ALLOWANCE_BYTES = int(0.75 * GIB)
 #: VAE decode chunk sizes tried when ``decode_chunk_size`` is automatic, largest first.
 DECODE_CHUNKS = (4, 2, 1)
-#: ControlNet residuals kept for the next window: at most the overlap, 15 frames, plus one window.
-RESIDUAL_FRAMES = 15 + 16
+#: ControlNet residuals kept for the next window: at most the overlap (``num_mix < WINDOW``) plus one
+#: window.
+RESIDUAL_FRAMES = (WINDOW - 1) + WINDOW
 
 
 @dataclass(frozen=True)

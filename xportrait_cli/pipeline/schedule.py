@@ -1,11 +1,11 @@
-"""The official diffusion schedule and DDIM timesteps (spec §3.1, §3.9).
+"""The official diffusion schedule and the schedulers that step it.
 
 ``betas = linspace(sqrt(0.00085), sqrt(0.012), 1000)**2`` and ``alphas_cumprod`` are computed in
-float64, then cast to float32, as the official LDM buffers. DDIM steps use diffusers'
-``DDIMScheduler`` (eta 0, ``set_alpha_to_one=False`` so the final previous alpha is
-``alphas_cumprod[0]``) with the official timesteps: ``arange(0, 1000, 1000 // S) + 1`` visited in
-descending order. ``num_inference_steps`` keeps the official meaning, so S = 30 gives **31** steps
-(991, 958, …, 34, 1) and S = 15 gives 16.
+float64, then cast to float32, as the official LDM buffers (``ldm/models/diffusion/ddpm.py``
+``register_schedule``, ``linear_start 0.00085``/``linear_end 0.012`` in the model config). DDIM steps
+use diffusers' ``DDIMScheduler`` (eta 0, ``set_alpha_to_one=False`` so the final previous alpha is
+``alphas_cumprod[0]``) with the official timesteps of :func:`.timesteps.official_timesteps`
+(``num_inference_steps`` keeps the official meaning: S = 30 gives **31** steps).
 
 ``scheduler="lcm"`` (experimental, for an LCM-LoRA) uses diffusers' ``LCMScheduler`` on the same
 ``alphas_cumprod``, with its own timestep rule (S steps picked from 50 "original" steps, e.g. S = 4
@@ -18,37 +18,21 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, LCMScheduler
 
-NUM_TRAIN_TIMESTEPS = 1000
+from xportrait_cli.pipeline.timesteps import (
+    LCM_ORIGINAL_STEPS,
+    NUM_TRAIN_TIMESTEPS,
+    SCHEDULERS,
+    official_timesteps,
+)
+
 BETA_START = 0.00085
 BETA_END = 0.012
-#: ``scheduler`` values: the official DDIM sampler, or diffusers' LCMScheduler (for an LCM-LoRA).
-SCHEDULERS = ("ddim", "lcm")
-#: LCM picks its steps from this many evenly spaced "original" steps (diffusers' default, as trained).
-LCM_ORIGINAL_STEPS = 50
 
 
 def alphas_cumprod() -> torch.Tensor:
     """Official ``alphas_cumprod`` ``(1000,)`` float32 (float64 cumulative product, then cast)."""
     betas = np.linspace(BETA_START**0.5, BETA_END**0.5, NUM_TRAIN_TIMESTEPS, dtype=np.float64) ** 2
     return torch.from_numpy(np.cumprod(1.0 - betas)).float()
-
-
-def official_timesteps(num_inference_steps: int) -> list[int]:
-    """The official DDIM timesteps in sampling (descending) order.
-
-    Raises:
-        ValueError: ``num_inference_steps`` is below 1 or yields timestep 1000 (the official code
-            crashes with an IndexError for S in {3, 9, 27, 36, 37, 101–111, 251–333, 501–1000}).
-    """
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-    ascending = [t + 1 for t in range(0, NUM_TRAIN_TIMESTEPS, NUM_TRAIN_TIMESTEPS // num_inference_steps)]
-    if ascending[-1] >= NUM_TRAIN_TIMESTEPS:
-        raise ValueError(
-            f"num_inference_steps={num_inference_steps} gives timestep {ascending[-1]} (>= 1000) in the "
-            "official schedule; choose another step count"
-        )
-    return ascending[::-1]
 
 
 def make_scheduler(num_inference_steps: int) -> DDIMScheduler:

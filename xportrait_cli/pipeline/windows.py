@@ -1,18 +1,20 @@
 """The official overlapping-window plan (pure functions, no torch).
 
-Official source: ``DDIMSampler_ReferenceOnly`` (``ddim.py`` L473–563, spec §4). At every denoising
-step a fresh offset ``o`` in ``[0, N-1]`` is drawn; windows of ``WINDOW`` frames start at
+Official source: ``DDIMSampler_ReferenceOnly`` (``ldm/models/diffusion/ddim.py`` L473–563). At every
+denoising step a fresh offset ``o`` in ``[0, N-1]`` is drawn; windows of ``WINDOW`` frames start at
 ``o, o+stride, …`` while the start is below ``o + N - num_mix`` (``stride = WINDOW - num_mix``), and
 take frames ``(s + 0..WINDOW-1) mod N`` — circular, so the last window wraps to the clip's start.
 
-Fix of the official edge case (issue #11): with ``N <= num_mix`` (e.g. one driving image) the
-official range is empty, the per-frame count is 0 and the output NaN/black; here one window starting
-at ``o`` is used instead. Clips shorter than a window repeat frames inside it, as officially.
+Fix of the official edge case (bytedance/X-Portrait issue #11): with ``N <= num_mix`` (e.g. one
+driving image) the official range is empty, the per-frame count is 0 and the output NaN/black; here
+one window starting at ``o`` is used instead. Clips shorter than a window repeat frames inside it,
+as officially.
 """
 
 from __future__ import annotations
 
-#: Frames per window; the motion modules were trained on 16 (official ``num_drivings``).
+#: Frames per window, the window length of the UNet's motion modules: they were trained on 16
+#: (official ``--num_drivings 16``, ``core/test_xportrait.py`` L443–502).
 WINDOW = 16
 
 

@@ -24,7 +24,7 @@ from xportrait_cli.video.reader import VideoReader, select_frames
 
 
 class InitVideo:
-    """:class:`~xportrait_cli.pipeline.pipeline_xportrait.InitFrames` over a video file.
+    """:class:`~xportrait_cli.pipeline.frames.InitFrames` over a video file.
 
     ``frames(positions)`` decodes only those frames of the selection and returns ``(n, 3, S, S)``
     float32 RGB in [-1, 1]; nothing else is kept in memory. Made by :func:`open_init_video`.
