@@ -117,11 +117,11 @@ def child(result: Path, argv: list[str]) -> None:
 
     from xportrait_cli import cli
     from xportrait_cli.jobs import runner
-    from xportrait_cli.models import weights
+    from xportrait_cli.weights import download
 
     record: dict = {}
     sampler = MemorySampler()
-    sampler.wrap(weights, "_convert", "convert", record)
+    sampler.wrap(download, "_convert", "convert", record)
     sampler.wrap(runner, "load_networks", "load", record)
     place = runner.NetworksCache.place
 
@@ -166,7 +166,7 @@ def download(checkpoint: Path, env: dict[str, str], work: Path) -> dict:
     """``xportrait download-weights`` from a loopback hub serving ``checkpoint``."""
     from fakehub import FakeHub, FakeHubServer
 
-    from xportrait_cli.models.weights import FILENAME, REPO_ID
+    from xportrait_cli.weights.registry import FILENAME, REPO_ID
 
     hub = FakeHub(files={REPO_ID: {FILENAME: checkpoint, "LICENSE-MODEL.txt": b"license"}})
     hub.sha(checkpoint)  # the server's SHA-256 (as the Hub's ETag), before a client waits on it
@@ -289,7 +289,7 @@ def run(sizes: list[int], forward: bool = True, device: str = "cpu") -> dict:
         for size in sizes:
             results["sizes"][str(size)] = run_size(env, work, size, device)
         if forward:
-            from xportrait_cli.models.weights import default_model_path
+            from xportrait_cli.weights.registry import default_model_path
 
             os.environ["XPORTRAIT_HOME"] = env["XPORTRAIT_HOME"]
             folder = default_model_path()

@@ -162,7 +162,7 @@ def test_download_weights_lcm_lora_into_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for name in ("HF_TOKEN", "HF_HOME", "HF_HUB_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
-    from xportrait_cli.models.weights import FILENAME, REPO_ID
+    from xportrait_cli.weights.registry import FILENAME, REPO_ID
 
     content = b"lora-bytes" * 1000
     fake = FakeHub(

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from xportrait_cli.config import help_text
 from xportrait_cli.errors import XPortraitError
+from xportrait_cli.weights.registry import CUDA_DTYPE, DEFAULT_REVISION, REPO_ID
 
 app = typer.Typer(
     name="xportrait",
@@ -39,99 +40,78 @@ def _root() -> None:
 
 @app.command("download-weights")
 def download_weights_command(
-    cache_dir: str | None = typer.Option(
-        None, "--cache-dir", help="Hugging Face hub cache (default: HF_HUB_CACHE, HF_HOME/hub)."
-    ),
-    revision: str = typer.Option("main", "--revision", help="Branch, tag or commit of fffiloni/X-Portrait."),
-    dtype: str = typer.Option(
-        "fp16", "--dtype", help="Converted weights precision: fp16 (what animate runs on CUDA), bf16 or fp32."
-    ),
-    convert: bool = typer.Option(
-        True, "--convert/--no-convert", help="Convert the checkpoint once into the fast-loading folder."
-    ),
-    model_dir: str | None = typer.Option(
-        None, "--model-dir", help="Where converted folders go (default: XPORTRAIT_HOME/models)."
-    ),
-    landmark_weights: bool = typer.Option(
-        True, "--landmark-weights/--no-landmark-weights", help="Also fetch the FAN-68 and S3FD weights."
-    ),
-    landmark_url: str | None = typer.Option(
-        None,
-        "--landmark-url",
-        envvar="XPORTRAIT_LANDMARK_URL",
-        help="Base URL of a mirror of the face-alignment weights.",
-    ),
-    check: bool = typer.Option(False, "--check", help="Report what is present and valid; download nothing."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="List sizes and targets; download nothing."),
-    lcm_lora: bool = typer.Option(
-        False,
-        "--lcm-lora",
-        help="Also fetch the experimental LCM-LoRA (latent-consistency/lcm-lora-sdv1-5), for preset lcm.",
-    ),
+    cache_dir: Annotated[
+        str | None, typer.Option(help="Hugging Face hub cache (default: HF_HUB_CACHE, HF_HOME/hub).")
+    ] = None,
+    revision: Annotated[str, typer.Option(help=f"Branch, tag or commit of {REPO_ID}.")] = DEFAULT_REVISION,
+    dtype: Annotated[
+        str,
+        typer.Option(help="Converted weights precision: fp16 (what animate runs on CUDA), bf16 or fp32."),
+    ] = CUDA_DTYPE,
+    convert: Annotated[
+        bool,
+        typer.Option(
+            "--convert/--no-convert", help="Convert the checkpoint once into the fast-loading folder."
+        ),
+    ] = True,
+    model_dir: Annotated[
+        str | None, typer.Option(help="Where converted folders go (default: XPORTRAIT_HOME/models).")
+    ] = None,
+    landmark_weights: Annotated[
+        bool,
+        typer.Option(
+            "--landmark-weights/--no-landmark-weights", help="Also fetch the FAN-68 and S3FD weights."
+        ),
+    ] = True,
+    landmark_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="XPORTRAIT_LANDMARK_URL", help="Base URL of a mirror of the face-alignment weights."
+        ),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Report what is present and valid; download nothing.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List sizes and targets; download nothing.")
+    ] = False,
+    lcm_lora: Annotated[
+        bool,
+        typer.Option(
+            "--lcm-lora",
+            help="Also fetch the experimental LCM-LoRA (latent-consistency/lcm-lora-sdv1-5), for preset lcm.",
+        ),
+    ] = False,
 ) -> None:
     """Download and verify the X-Portrait checkpoint and the landmark weights, then convert it.
 
     HF_ENDPOINT and HF_TOKEN are honoured. Paths go to stdout (one `name<TAB>status<TAB>size<TAB>path`
     line each), progress to stderr. With --check, exits 1 when anything is missing or invalid.
     """
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+    from xportrait_cli.errors import WeightsMissingError
+    from xportrait_cli.progress import download_bars
+    from xportrait_cli.weights.download import run
 
-    from xportrait_cli.errors import UsageError, WeightsMissingError
-    from xportrait_cli.models import weights
-
-    if dtype not in weights.DTYPES:
-        raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(weights.DTYPES)}")
-    if check and dry_run:
-        raise UsageError("--check and --dry-run cannot be used together")
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    )
-    tasks: dict[str, object] = {}
-
-    def progress(label: str, done: int, total: int | None) -> None:
-        if label not in tasks:
-            tasks[label] = bar.add_task(label, total=total)
-        bar.update(tasks[label], completed=done, total=total)
-
-    with bar:
-        if check:
-            report = weights.check_weights(
-                cache_dir=cache_dir,
-                revision=revision,
-                landmarks=landmark_weights,
-                convert=convert,
-                dtype=dtype,
-                model_dir=model_dir,
-                progress=progress,
-            )
-        else:
-            report = weights.download_weights(
-                cache_dir=cache_dir,
-                revision=revision,
-                landmarks=landmark_weights,
-                landmark_url=landmark_url,
-                convert=convert,
-                dtype=dtype,
-                model_dir=model_dir,
-                dry_run=dry_run,
-                progress=progress,
-            )
+    with download_bars(err_console) as progress:
+        report = run(
+            check=check,
+            dry_run=dry_run,
+            lcm_lora=lcm_lora,
+            cache_dir=cache_dir,
+            revision=revision,
+            landmarks=landmark_weights,
+            landmark_url=landmark_url,
+            convert=convert,
+            dtype=dtype,
+            model_dir=model_dir,
+            progress=progress,
+        )
     for item in report.items:
         size = "-" if item.size is None else str(item.size)
         typer.echo(f"{item.name}\t{item.status}\t{size}\t{item.path or '-'}")
         if item.detail:
             err_console.print(f"  {item.name}: {item.detail}", markup=False)
     typer.echo(f"model\t{'ok' if report.model_path else 'missing'}\t-\t{report.model_path or '-'}")
-    if lcm_lora and not check and not dry_run:
-        from xportrait_cli.models.lora import download_lcm_lora
-
-        path = download_lcm_lora(cache_dir=cache_dir)
-        typer.echo(f"lcm-lora\tok\t{path.stat().st_size}\t{path}")
     if not report.ok:
         bad = ", ".join(f"{i.name} ({i.status})" for i in report.items if not i.ok)
         raise WeightsMissingError(f"missing or invalid: {bad}", hint="run `xportrait download-weights`")

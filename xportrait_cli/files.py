@@ -9,18 +9,22 @@ One convention for every file or folder xportrait writes (huggingface_hub's): th
   ``.npy``, Pillow's ``.png``) still see it;
 - two processes never share a temporary name (the random part), and a resumable download can find
   its own partial file again with :func:`partial_files`.
+
+:func:`sha256_file` is the one streamed content digest (job fingerprints, checkpoint verification).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 INCOMPLETE = ".incomplete"
+_HASH_BLOCK = 8 << 20
 
 
 def temp_path_for(path: Path) -> Path:
@@ -100,3 +104,18 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_write`."""
     with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def sha256_file(path: str | os.PathLike[str], progress: Callable[[int, int], None] | None = None) -> str:
+    """SHA-256 hex digest of a file's content, read in 8 MiB blocks (a 12 GB checkpoint never
+    sits in memory); ``progress(done, total)`` in bytes after each block."""
+    digest = hashlib.sha256()
+    total = os.stat(path).st_size
+    done = 0
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+            done += len(block)
+            if progress:
+                progress(done, total)
+    return digest.hexdigest()

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator
 from typing import Literal, TextIO
 
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -303,6 +304,30 @@ def make_sink(
                 yield sink
 
 
+@contextlib.contextmanager
+def download_bars(console: Console) -> Iterator[Callable[[str, int, int | None], None]]:
+    """A transient Rich display on ``console`` for ``download-weights``: yields the
+    ``progress(label, done, total)`` callback of :mod:`xportrait_cli.weights.download`, one bar per
+    label with bytes done and ETA; the bars vanish when the context ends."""
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def progress(label: str, done: int, total: int | None) -> None:
+        if label not in tasks:
+            tasks[label] = bars.add_task(label, total=total)
+        bars.update(tasks[label], completed=done, total=total)
+
+    with bars:
+        yield progress
+
+
 __all__ = [
     "MODES",
     "JOBS_BAR",
@@ -313,6 +338,7 @@ __all__ = [
     "QuietSink",
     "batch_table",
     "choose_mode",
+    "download_bars",
     "format_seconds",
     "make_sink",
 ]

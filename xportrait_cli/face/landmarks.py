@@ -27,14 +27,13 @@ import numpy as np
 
 from xportrait_cli.errors import UsageError, WeightsMissingError
 from xportrait_cli.image import LANDMARK_RES
+from xportrait_cli.weights.registry import LANDMARK_FILES, landmark_dir
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "fan", "dlib")
 #: Longest side of the copy dlib's CNN face detector searches (~1.4 s at 512² on one core).
 CNN_SIDE = 512
-#: face-alignment's weight files, by the cache basename its URL tables give them.
-FAN_WEIGHT_FILES = ("2DFAN4-11f355bf06.pth.tar", "s3fd-619a316812.pth")
 
 
 @runtime_checkable
@@ -197,17 +196,12 @@ class DlibDetector:
         return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32)
 
 
-def fan_weights_dir() -> Path:
-    """The torch hub checkpoint folder where face-alignment looks for its weights."""
-    import torch
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
 def fan_weights_cached() -> bool:
-    """Whether both FAN weight files (:data:`FAN_WEIGHT_FILES`) are in :func:`fan_weights_dir`."""
-    d = fan_weights_dir()
-    return all((d / f).is_file() for f in FAN_WEIGHT_FILES)
+    """Whether both face-alignment weight files (FAN-68 and S3FD,
+    :data:`~xportrait_cli.weights.registry.LANDMARK_FILES`) are in
+    :func:`~xportrait_cli.weights.registry.landmark_dir`."""
+    d = landmark_dir()
+    return all((d / f).is_file() for f in LANDMARK_FILES.values())
 
 
 class FanDetector:
@@ -226,9 +220,9 @@ class FanDetector:
 
     def __init__(self, device: str = "cpu") -> None:
         if not fan_weights_cached():
-            missing = [f for f in FAN_WEIGHT_FILES if not (fan_weights_dir() / f).is_file()]
+            missing = [f for f in LANDMARK_FILES.values() if not (landmark_dir() / f).is_file()]
             raise WeightsMissingError(
-                f"face-alignment weights not found in {fan_weights_dir()}: {', '.join(missing)}",
+                f"face-alignment weights not found in {landmark_dir()}: {', '.join(missing)}",
                 "run `xportrait download-weights`, or use --landmarks dlib",
             )
         import face_alignment
@@ -241,7 +235,7 @@ class FanDetector:
             device=str(device),
             dtype=torch.float32,
             face_detector="sfd",
-            face_detector_kwargs={"path_to_detector": str(fan_weights_dir() / FAN_WEIGHT_FILES[1])},
+            face_detector_kwargs={"path_to_detector": str(landmark_dir() / LANDMARK_FILES["s3fd"])},
             **kwargs,
         )
 
@@ -264,11 +258,9 @@ def make_detector(name: str = "auto", device: str = "cpu") -> LandmarkDetector:
         raise UsageError(f"unknown landmark backend {name!r}", f"choose one of {', '.join(BACKENDS)}")
     if name == "auto":
         if fan_weights_cached():
-            log.info("landmarks: fan (face-alignment weights found in %s)", fan_weights_dir())
+            log.info("landmarks: fan (face-alignment weights found in %s)", landmark_dir())
             return FanDetector(device)
-        log.info(
-            "landmarks: dlib (offline backend; face-alignment weights not cached in %s)", fan_weights_dir()
-        )
+        log.info("landmarks: dlib (offline backend; face-alignment weights not cached in %s)", landmark_dir())
         return DlibDetector()
     if name == "fan":
         return FanDetector(device)

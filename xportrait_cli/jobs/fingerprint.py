@@ -10,27 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import av
 
 from xportrait_cli.config import options_to_dict
+from xportrait_cli.files import sha256_file as file_digest
 from xportrait_cli.jobs.spec import JobSpec
 
 FINGERPRINT_VERSION = 1
 TAG_PREFIX = "xportrait-fingerprint:"
-_CHUNK = 1 << 20
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file's content (streamed)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_identity(model: Path) -> dict[str, Any]:

@@ -16,8 +16,6 @@ import json
 import os
 import pickle
 import re
-import shutil
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,21 +24,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from xportrait_cli.errors import CheckpointError, InputError
+from xportrait_cli.files import atomic_write
 from xportrait_cli.models.architecture import Architecture, build_architecture
 from xportrait_cli.models.convert import check_against, convert_official_state_dict
 from xportrait_cli.models.networks import XPortraitNetworks, build_text_encoder, encode_empty_prompt
+from xportrait_cli.weights.registry import CONVERTED_CONFIG, CONVERTED_WEIGHTS, is_converted
 
 CONVERTED_FORMAT = "xportrait-converted"
 CONVERTED_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "networks.safetensors"
 
 Checkpoint = str | os.PathLike | Mapping[str, torch.Tensor]
-
-
-def is_converted(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a folder written by :func:`convert_checkpoint`."""
-    return (Path(path) / CONFIG_NAME).is_file() and (Path(path) / WEIGHTS_NAME).is_file()
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -57,7 +50,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: checkpoint not found", "run `xportrait download-weights` or pass --model")
     if path.is_dir():
         raise InputError(
-            f"{path}: is a folder but not a converted checkpoint (no {CONFIG_NAME})",
+            f"{path}: is a folder but not a converted checkpoint (no {CONVERTED_CONFIG})",
             "pass the .th file or a folder made by `xportrait download-weights`",
         )
     try:
@@ -184,7 +177,7 @@ def load_networks(
 
 
 def _load_converted(folder: Path, device, dtype) -> XPortraitNetworks:
-    meta = json.loads((folder / CONFIG_NAME).read_text())
+    meta = json.loads((folder / CONVERTED_CONFIG).read_text())
     if meta.get("format") != CONVERTED_FORMAT or meta.get("version") != CONVERTED_VERSION:
         raise CheckpointError(
             f"{folder}: not a converted X-Portrait folder of version {CONVERTED_VERSION}",
@@ -193,9 +186,9 @@ def _load_converted(folder: Path, device, dtype) -> XPortraitNetworks:
     architecture = Architecture.from_dict(meta["architecture"])
     networks = _build(architecture)
     target = "cpu" if torch.device(device).type == "meta" else device
-    with safe_open(str(folder / WEIGHTS_NAME), framework="pt", device=str(target)) as f:
+    with safe_open(str(folder / CONVERTED_WEIGHTS), framework="pt", device=str(target)) as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    _load_into(networks, tensors, device, dtype, str(folder / WEIGHTS_NAME))
+    _load_into(networks, tensors, device, dtype, str(folder / CONVERTED_WEIGHTS))
     return networks.eval().requires_grad_(False)
 
 
@@ -210,8 +203,9 @@ def convert_checkpoint(
 
     The folder holds ``config.json`` (architecture, dtype) and ``networks.safetensors`` (every network
     plus the empty prompt's context; the CLIP encoder itself is not needed again), parameters in
-    ``dtype`` and buffers (position tables, context) in float32. It is built under
-    ``<output_dir>.<uuid>.incomplete`` and renamed into place when complete.
+    ``dtype`` and buffers (position tables, context) in float32. It is built under a temporary name
+    beside ``output_dir`` (:func:`xportrait_cli.files.atomic_write`) and renamed into place when
+    complete, replacing an older folder there.
 
     Returns:
         ``output_dir`` as a :class:`~pathlib.Path`.
@@ -221,26 +215,19 @@ def convert_checkpoint(
     """
     output_dir = Path(output_dir)
     networks = load_networks(checkpoint, config=config, device="cpu", dtype=torch.float32)
-    tmp = output_dir.with_name(f"{output_dir.name}.{uuid.uuid4().hex[:8]}.incomplete")
-    tmp.mkdir(parents=True)
-    try:
-        buffers = {name for name, _ in networks.named_buffers()}  # pe tables, context: kept in fp32
-        tensors = {
-            k: v.detach().to(torch.float32 if k in buffers else dtype).contiguous()
-            for k, v in networks.state_dict().items()
-        }
-        save_file(tensors, str(tmp / WEIGHTS_NAME))
-        meta = {
-            "format": CONVERTED_FORMAT,
-            "version": CONVERTED_VERSION,
-            "dtype": str(dtype).removeprefix("torch."),
-            "architecture": networks.architecture.to_dict(),
-        }
-        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=1))
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    buffers = {name for name, _ in networks.named_buffers()}  # pe tables, context: kept in fp32
+    tensors = {
+        k: v.detach().to(torch.float32 if k in buffers else dtype).contiguous()
+        for k, v in networks.state_dict().items()
+    }
+    meta = {
+        "format": CONVERTED_FORMAT,
+        "version": CONVERTED_VERSION,
+        "dtype": str(dtype).removeprefix("torch."),
+        "architecture": networks.architecture.to_dict(),
+    }
+    with atomic_write(output_dir) as tmp:
+        tmp.mkdir(parents=True)
+        save_file(tensors, str(tmp / CONVERTED_WEIGHTS))
+        (tmp / CONVERTED_CONFIG).write_text(json.dumps(meta, indent=1))
     return output_dir

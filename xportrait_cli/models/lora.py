@@ -55,7 +55,7 @@ def resolve_lora(source: str, cache_dir: str | os.PathLike[str] | None = None) -
         raise InputError(f"{source}: LoRA file not found", "check the path, or pass a repo id like org/name")
     from huggingface_hub import try_to_load_from_cache
 
-    from xportrait_cli.models.weights import hub_cache_dir
+    from xportrait_cli.weights.registry import hub_cache_dir
 
     cache = hub_cache_dir(cache_dir)
     found = try_to_load_from_cache(source, LORA_FILENAME, cache_dir=str(cache))
@@ -75,7 +75,7 @@ def download_lcm_lora(cache_dir: str | os.PathLike[str] | None = None, revision:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from xportrait_cli.models.weights import hub_cache_dir
+    from xportrait_cli.weights.registry import hub_cache_dir
 
     try:
         return Path(
