@@ -209,7 +209,8 @@ def run_length(num_frames: int, work: Path, steps: int = 2) -> dict:
     job_seconds = next(e["seconds"] for e in events if e["kind"] == "job_done")
     measured = json.loads(result_path.read_text())
     t = measured["timers"]
-    prepare = stages.get("landmarks", 0.0) + stages.get("align", 0.0)
+    # everything before denoising: any --crop (landmarks, encode), the portrait, the driving frames
+    prepare = sum(stages.get(k, 0.0) for k in ("landmarks", "encode", "portrait", "align"))
     split = {
         "video_decode": t.get("video_decode", 0.0),
         "landmarks": t.get("landmarks", 0.0),

@@ -15,7 +15,7 @@ import pytest
 from conftest import cli_env, tiny_spec, with_rotation
 
 from xportrait_cli.jobs import run_job
-from xportrait_cli.jobs.checkpoint import CHECKPOINT_NAME
+from xportrait_cli.jobs.workdir import CHECKPOINT_NAME
 from xportrait_cli.video.writer import write_video
 
 
@@ -122,6 +122,10 @@ def test_non_square_carphone_with_comparison(tmp_path, media, tiny_args):
     assert facts["frames"] == 24 and facts["rate"] == Fraction(30000, 1001) and facts["size"] == (64, 64)
     side = video_facts(tmp_path / "car.comparison.mp4")
     assert side["frames"] == 24 and side["size"] == (192, 64)
+    # the right panel is the result (teed before encoding: each file is one H.264 pass from it)
+    panel, result = decoded(tmp_path / "car.comparison.mp4").astype(int), decoded(out)
+    error = np.abs(panel[:, :, 128:] - result).mean()
+    assert error < 6 and error < np.abs(panel[:, :, 64:128] - result).mean() / 4  # not the driving
 
 
 def _bad_inputs(tmp_path: Path, media: Path) -> dict[str, tuple[Path, Path]]:

@@ -25,13 +25,14 @@ from safetensors.torch import load_file
 from xportrait_cli.errors import InputError, NoFaceError, UsageError
 from xportrait_cli.events import JobDone, JobFailed, JobSkipped, JobStarted, StageStarted
 from xportrait_cli.jobs import JobSpec
-from xportrait_cli.jobs import batch as batch_module
+from xportrait_cli.jobs import attempt as attempt_module
 from xportrait_cli.jobs.batch import DONE_ELSEWHERE, BatchInterrupted, Shard, run_batch
-from xportrait_cli.jobs.checkpoint import CHECKPOINT_NAME
 from xportrait_cli.jobs.manifest import ManifestJob, load_manifest
 from xportrait_cli.jobs.runner import JobResult
+from xportrait_cli.jobs.workdir import CHECKPOINT_NAME
 from xportrait_cli.option_layers import resolve_options
-from xportrait_cli.progress import RichSink, batch_table
+from xportrait_cli.progress import batch_table
+from xportrait_cli.progress_rich import RichSink
 
 # --------------------------------------------------------------------------------------------------
 # run_batch with a fake runner
@@ -80,7 +81,7 @@ class FakeRunner:
 def fake(monkeypatch):
     def install(plan: dict) -> FakeRunner:
         runner = FakeRunner(plan)
-        monkeypatch.setattr(batch_module, "run_job", runner)
+        monkeypatch.setattr(attempt_module, "run_job", runner)
         return runner
 
     return install

@@ -327,7 +327,7 @@ def test_cuda_default_dtype_is_the_downloaded_one() -> None:
     import inspect
 
     from xportrait_cli.config import help_text
-    from xportrait_cli.jobs.runner import resolve_dtype
+    from xportrait_cli.jobs.networks import resolve_dtype
 
     names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
     assert names[resolve_dtype("auto", torch.device("cuda"))] == registry.CUDA_DTYPE

@@ -25,7 +25,7 @@ from conftest import decoded, run_main, tiny_spec
 from safetensors.torch import load_file
 
 from xportrait_cli.jobs import run_job
-from xportrait_cli.jobs.checkpoint import CHECKPOINT_NAME
+from xportrait_cli.jobs.workdir import CHECKPOINT_NAME
 
 STEPS, FRAMES = 2, 20
 

@@ -20,7 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from xportrait_cli.jobs.runner import NetworksCache
+from xportrait_cli.jobs.networks import NetworksCache
 from xportrait_cli.models import convert_checkpoint, load_networks
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -19,7 +19,7 @@ from test_checkpoint import full_scale_meta_state_dict
 from xportrait_cli.errors import OutOfMemoryPlanError
 from xportrait_cli.events import Log
 from xportrait_cli.jobs import JobSpec, run_job
-from xportrait_cli.jobs.runner import NetworksCache, resolve_dtype
+from xportrait_cli.jobs.networks import NetworksCache, resolve_dtype
 from xportrait_cli.models import load_networks
 from xportrait_cli.pipeline import TensorFrames, XPortraitPipeline
 from xportrait_cli.pipeline.memory import GIB, MemoryPlan, ModelSize, estimate_peak, plan_memory

@@ -11,8 +11,9 @@ from rich.console import Console
 
 from xportrait_cli.errors import NoFaceError
 from xportrait_cli.events import (
+    CROP_STAGES,
+    JOB_STAGES,
     STAGES,
-    FramesWritten,
     JobDone,
     JobFailed,
     JobSkipped,
@@ -22,10 +23,39 @@ from xportrait_cli.events import (
     StageProgress,
     StageStarted,
     StepProgress,
+    from_dict,
+    stage,
 )
 from xportrait_cli.progress import choose_mode, format_seconds, make_sink
 
-OUT = "out/result.mp4"
+#: The event log of a real tiny-model job (:func:`record_job_events`; regenerate with
+#: ``python tests/test_progress.py`` after changing what ``run_job`` emits): ``--crop auto`` crops
+#: the non-square driving clip, so every stage of :data:`STAGES` runs once.
+EVENT_LOG = Path(__file__).parent / "data" / "job_events.jsonl"
+OUT = "tmp/out.mp4"
+
+
+def record_job_events(shared: Path, folder: Path) -> list[dict]:
+    """Run the recorded job into ``folder`` (tiny model, 2 steps, 8 frames of the talking-head clip
+    padded to 9:16, so ``--crop auto`` crops it); its events as dicts, with ``folder`` and ``shared``
+    spelt ``tmp`` and ``shared`` (as in :data:`EVENT_LOG`)."""
+    from conftest import padded_to_9_16, tiny_spec
+
+    from xportrait_cli.jobs import run_job
+
+    media = shared / "media"
+    driving = padded_to_9_16(media / "talking_aac.mp4", folder / "phone.mp4", 8)
+    spec = tiny_spec(
+        shared / "golden", media, folder / "out.mp4", driving=driving, frames=8, num_inference_steps=2
+    )
+    events: list[dict] = []
+    run_job(spec, lambda event: events.append(event.to_dict()))
+    text = json.dumps(events).replace(str(folder), "tmp").replace(str(shared), "shared")
+    return json.loads(text)
+
+
+def recorded() -> list[dict]:
+    return [json.loads(line) for line in EVENT_LOG.read_text().splitlines()]
 
 
 class FakeClock:
@@ -36,44 +66,17 @@ class FakeClock:
         return self.now
 
 
-def job_events(clock: FakeClock | None = None, n_frames: int = 59, steps: int = 31):
-    """A realistic job, advancing ``clock`` as the events would take time."""
+#: Seconds each kind of event takes on the replay's fake clock (a stage's progress events come
+#: faster than plain mode's one line a second, denoising steps slower).
+TICKS = {"stage_progress": 0.3, "frames_written": 0.3, "step_progress": 2.0}
 
-    def tick(dt: float):
+
+def job_events(clock: FakeClock | None = None):
+    """The recorded job's events, advancing ``clock`` as the events would take time."""
+    for data in recorded():
         if clock is not None:
-            clock.now += dt
-
-    yield JobStarted(OUT)
-    yield StageStarted("read", total=n_frames)
-    for i in range(1, n_frames + 1):
-        tick(0.01)
-        yield StageProgress("read", i, n_frames)
-    yield StageFinished("read", 0.59)
-    yield StageStarted("landmarks", total=n_frames + 1)
-    for i in range(1, n_frames + 2):
-        tick(0.1)
-        yield StageProgress("landmarks", i, n_frames + 1)
-    yield StageFinished("landmarks", 6.0)
-    yield StageStarted("align")
-    yield StageFinished("align", 0.2)
-    yield Log("warning", "driving video has no audio")
-    yield Log("debug", "windows drawn up front")
-    yield StageStarted("denoise", total=steps)
-    for k in range(1, steps + 1):
-        tick(2.0)
-        yield StepProgress(k, steps, 1000 - 33 * k + 24 if k < steps else 1, windows=5)
-    yield StageFinished("denoise", 62.0)
-    yield StageStarted("decode", total=n_frames)
-    for i in range(2, n_frames + 1, 2):
-        tick(0.05)
-        yield StageProgress("decode", i, n_frames)
-    yield StageFinished("decode", 1.5)
-    yield StageStarted("encode", total=n_frames)
-    for i in range(1, n_frames + 1):
-        tick(0.01)
-        yield FramesWritten(i, n_frames)
-    yield StageFinished("encode", 0.6)
-    yield JobDone(OUT, 70.9)
+            clock.now += TICKS.get(data["kind"], 0.0)
+        yield from_dict(data)
 
 
 def run(mode: str, *, terminal: bool = False, events=None, clock=None):
@@ -115,7 +118,11 @@ def test_event_dicts_are_flat_json_with_kind_first():
 
 
 def test_events_reject_unknown_stages_and_levels():
-    assert STAGES == ("read", "landmarks", "align", "denoise", "decode", "encode")
+    assert (
+        STAGES
+        == CROP_STAGES + JOB_STAGES
+        == ("landmarks", "encode", "portrait", "align", "denoise", "decode")
+    )
     with pytest.raises(ValueError, match="stage"):
         StageStarted("sample")
     with pytest.raises(ValueError, match="level"):
@@ -138,7 +145,12 @@ def test_json_mode_writes_one_object_per_event_on_stdout():
     assert err == ""
     assert len(lines) == len(events)
     assert [json.loads(line) for line in lines] == [e.to_dict() for e in events]
-    assert json.loads(lines[-1]) == {"kind": "job_done", "output": OUT, "seconds": 70.9}
+    assert json.loads(lines[-1]) == recorded()[-1]
+    assert {k: v for k, v in json.loads(lines[-1]).items() if k != "seconds"} == {
+        "kind": "job_done",
+        "job": "out.mp4",
+        "output": OUT,
+    }
 
 
 def test_quiet_mode_prints_only_the_output_path():
@@ -150,29 +162,44 @@ def test_quiet_mode_prints_only_the_output_path():
     assert err == "" and out == ""
 
 
+def _seconds(kind: str, stage_name: str) -> str:
+    (data,) = [e for e in recorded() if e["kind"] == kind and e.get("stage") == stage_name]
+    return format_seconds(data["seconds"])
+
+
 def test_plain_mode_prints_start_finish_and_rate_limited_progress():
     err, out = run("plain", clock=FakeClock())
     lines = err.splitlines()
     assert out == OUT + "\n"
-    assert lines[0] == f"job: {OUT}"
-    for stage in STAGES:
-        assert any(line.startswith(f"{stage}: started") for line in lines), stage
-        assert any(line.startswith(f"{stage}: done in") for line in lines), stage
-    assert "read: started (59)" in lines
-    assert "denoise: done in 1m02s" in lines
-    assert "warning: driving video has no audio" in lines
-    assert not any("windows drawn" in line for line in lines)  # debug is JSON-only
-    assert lines[-1] == f"done in 1m11s: {OUT}"
-    # read: 59 events in 0.59 s -> no progress line; landmarks: 6 s -> about one per second.
-    assert not any(line.startswith("read: ") and "/" in line for line in lines)
-    landmark_lines = [line for line in lines if line.startswith("landmarks: ") and "/" in line]
-    assert 4 <= len(landmark_lines) <= 6
+    assert lines[0] == f"[out.mp4] job: {OUT}"
+    for name in STAGES:
+        prefix = "" if name in CROP_STAGES else "[out.mp4] "  # crop's events carry no job label
+        assert any(line.startswith(f"{prefix}{name}: started") for line in lines), name
+        assert any(line.startswith(f"{prefix}{name}: done in") for line in lines), name
+    assert "encode: started (8)" in lines and "[out.mp4] decode: started (8)" in lines
+    assert f"[out.mp4] denoise: done in {_seconds('stage_finished', 'denoise')}" in lines
+    assert lines[-1] == f"[out.mp4] done in {format_seconds(recorded()[-1]['seconds'])}: {OUT}"
+    # one event per 0.3 s: landmarks (1) and align (2) print no progress line, decode's 8 frames
+    # (2.4 s) about one a second, filed under decode (not encode: crop's stage is finished).
+    assert not any(line.startswith(("landmarks: ", "[out.mp4] align: ")) and "/" in line for line in lines)
+    decode_lines = [line for line in lines if line.startswith("[out.mp4] decode: ") and "/" in line]
+    assert decode_lines == ["[out.mp4] decode: 4/8 50% eta 1.2 s", "[out.mp4] decode: 8/8 100%"]
     # denoise: one line per 2-s step, with step k/S, timestep, windows, percent and ETA
-    steps = [line for line in lines if line.startswith("denoise: ") and "/" in line]
-    assert len(steps) == 31
-    assert steps[0] == "denoise: 1/31 (t=991, 5 windows) 3% eta 1m00s"
-    assert steps[-1] == "denoise: 31/31 (t=1, 5 windows) 100%"
-    assert len(lines) < 70  # against 59 + 60 + 31 + 29 + 59 raw progress events
+    steps = [line for line in lines if line.startswith("[out.mp4] denoise: ") and "/" in line]
+    assert steps == [
+        "[out.mp4] denoise: 1/2 (t=501, 1 windows) 50% eta 2.0 s",
+        "[out.mp4] denoise: 2/2 (t=1, 1 windows) 100%",
+    ]
+    progress = [e for e in recorded() if e["kind"] in TICKS]
+    assert len(lines) < len(recorded()) and len(progress) == 14
+
+
+def test_plain_and_rich_modes_show_warnings_but_not_debug_logs():
+    events = [Log("warning", "driving video has no audio"), Log("debug", "windows drawn up front")]
+    for mode in ("plain", "rich"):
+        err, _ = run(mode, terminal=mode == "rich", events=events)
+        assert "warning: driving video has no audio" in err
+        assert "windows drawn" not in err  # debug is JSON-only
 
 
 def test_plain_mode_labels_batch_jobs_and_failures():
@@ -196,28 +223,72 @@ def test_rich_mode_shows_a_bar_per_stage_with_steps_and_windows():
     err, out = run("rich", terminal=True)
     assert out == OUT + "\n"
     final = err.split("\x1b[?25h")[0]  # the last frame, before the cursor comes back
-    for stage in STAGES:
-        assert stage in final
-    assert "31/31" in final and "5 windows/step" in final and "t=1 " in final
-    assert "59/59" in final
-    assert "warning: driving video has no audio" in err
-    assert "windows drawn" not in err
-    assert f"done in 1m11s: {OUT}" in err
+    for name in STAGES:
+        assert name in final
+    assert "2/2" in final and "1 windows/step" in final and "t=1 " in final
+    assert "8/8" in final
+    assert f"done in {format_seconds(recorded()[-1]['seconds'])}: {OUT}" in err
+
+
+def test_rich_mode_moves_the_bar_of_every_stage_that_started():
+    """Replaying the recorded job, each started stage's bar advances while the stage runs (its
+    progress events fill it, not only its StageFinished) and ends full; no bar but the stages'."""
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    moved: dict[str, float] = {}
+    running: set[str] = set()
+    with make_sink("rich", console, out=io.StringIO()) as sink:
+        for event in job_events():
+            sink(event)
+            if isinstance(event, StageStarted | StageFinished):
+                (running.add if isinstance(event, StageStarted) else running.discard)(event.stage)
+            for task in sink.progress.tasks:
+                if task.description in running:
+                    moved[task.description] = max(moved.get(task.description, 0), task.completed)
+    bars = {t.description: t for t in sink.progress.tasks}
+    started = [e["stage"] for e in recorded() if e["kind"] == "stage_started"]
+    assert started == list(STAGES) and set(bars) == set(started)
+    for name in started:
+        assert bars[name].finished, name
+    silent = {"portrait"}  # one portrait: no progress events, the bar fills at StageFinished
+    assert {name for name in started if moved[name] > 0} == set(started) - silent
+    assert bars["decode"].completed == bars["decode"].total == 8
+
+
+def test_a_fresh_run_emits_the_recorded_sequence_of_events(shared, tmp_path):
+    fresh = record_job_events(shared, tmp_path)
+    assert [(e["kind"], e.get("stage"), e.get("job")) for e in fresh] == [
+        (e["kind"], e.get("stage"), e.get("job")) for e in recorded()
+    ]
+    assert [from_dict(e) for e in fresh][0] == JobStarted(OUT, job="out.mp4")
 
 
 def test_rich_mode_resets_bars_between_jobs():
     events = [
         *job_events(),
         JobStarted("second.mp4"),
-        StageStarted("read", total=10),
-        StageProgress("read", 4, 10),
+        StageStarted("align", total=10),
+        StageProgress("align", 4, 10),
     ]
     console = Console(file=io.StringIO(), force_terminal=True, width=120)
     with make_sink("rich", console, out=io.StringIO()) as sink:
         for event in events:
             sink(event)
     tasks = sink.progress.tasks
-    assert [(t.description, t.completed, t.total) for t in tasks] == [("read", 4, 10)]
+    assert [(t.description, t.completed, t.total) for t in tasks] == [("align", 4, 10)]
+
+
+def test_stage_context_manager_times_the_block_and_reports_progress():
+    events = []
+    with stage(events.append, "align", job="j", total=3) as progress:
+        progress(2)
+    assert [type(e) for e in events] == [StageStarted, StageProgress, StageFinished]
+    assert events[1] == StageProgress("align", 2, 3, job="j") and events[2].seconds >= 0
+    events.clear()
+    with pytest.raises(KeyboardInterrupt), stage(events.append, "denoise"):
+        raise KeyboardInterrupt
+    assert events == [StageStarted("denoise")]  # no StageFinished for a stage that failed
+    with pytest.raises(ValueError, match="stage"), stage(events.append, "sample"):
+        pass
 
 
 def test_rich_mode_stops_the_display_when_the_body_raises():
@@ -268,3 +339,16 @@ def test_rich_mode_with_jobs_at_once_shows_a_bar_per_job_and_counts_them():
     assert (bars["a.mp4"].completed, bars["a.mp4"].total) == (2, 7)
     assert bars["a.mp4"].fields["info"].startswith("denoise t=831")
     assert bars["jobs"].completed == 2 and bars["jobs"].fields["info"] == "1 done, 1 running, 1 failed"
+
+
+if __name__ == "__main__":  # regenerate EVENT_LOG from a real run
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import shared_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = record_job_events(shared_dir(), Path(tmp))
+    EVENT_LOG.write_text("".join(json.dumps(event) + "\n" for event in log))
+    print(f"{EVENT_LOG}: {len(log)} events")

@@ -19,11 +19,10 @@ from xportrait_cli.face.landmarks import DlibDetector
 from xportrait_cli.image import landmark_input
 from xportrait_cli.inspect import inspect_inputs
 from xportrait_cli.jobs import run_job
-from xportrait_cli.jobs.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from xportrait_cli.jobs.fingerprint import job_fingerprint
 from xportrait_cli.jobs.framestore import FrameStore
 from xportrait_cli.jobs.prepare_driving import prepare_driving
-from xportrait_cli.jobs.runner import STORE_DIR
+from xportrait_cli.jobs.workdir import CHECKPOINT_NAME, STORE_DIR, load_checkpoint
 from xportrait_cli.video.reader import VideoReader, probe_video
 
 
@@ -205,7 +204,7 @@ def test_a_disk_that_fills_up_keeps_the_last_checkpoint_and_removes_partial_file
     assert err.value.exit_code == 1 and "no space left on the device writing" in line
     assert "the job needs about" in line and "resumable" in line
     digest = job_fingerprint(spec, spec.options.model)["digest"]
-    assert load_checkpoint(spec.work_dir, digest)[1] == 1  # the last good checkpoint
+    assert load_checkpoint(spec.work_dir, digest).steps_done == 1  # the last good checkpoint
     assert not spec.output.exists()
     leftovers = [p.name for p in spec.work_dir.rglob("*") if "tmp" in p.name or "incomplete" in p.name]
     assert leftovers == [] and not [p for p in disk.iterdir() if "incomplete" in p.name]

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from xportrait_cli.errors import InputError
 from xportrait_cli.image import load_portrait
 from xportrait_cli.jobs import run_job
-from xportrait_cli.jobs.checkpoint import CHECKPOINT_NAME
 from xportrait_cli.jobs.fingerprint import job_fingerprint
 from xportrait_cli.jobs.manifest import load_manifest
+from xportrait_cli.jobs.workdir import CHECKPOINT_NAME
 from xportrait_cli.models.networks import XPortraitNetworks
 from xportrait_cli.pipeline import XPortraitPipeline
 from xportrait_cli.pipeline.guidance import is_guided, step_position

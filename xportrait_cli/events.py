@@ -4,12 +4,27 @@ The job runner, the preparation steps and the pipeline callbacks call an :data:`
 these plain, frozen dataclasses; :mod:`xportrait_cli.progress` turns them into Rich progress, plain
 lines or JSON lines. Every event has a class-level ``kind`` (``"stage_started"``, ...) and an
 optional keyword-only ``job`` label (the job's output path in a batch) and serialises with
-:meth:`Event.to_dict` to a flat JSON-able dict whose first key is ``"kind"``.
+:meth:`Event.to_dict` to a flat JSON-able dict whose first key is ``"kind"`` (:func:`from_dict`
+reads it back).
 
-A job emits, in order: :class:`JobStarted`; for each stage in :data:`STAGES` that runs,
-:class:`StageStarted`, any number of :class:`StageProgress` (or :class:`StepProgress` for
-``denoise``, :class:`FramesWritten` for ``encode``) and :class:`StageFinished`; then exactly one
-of :class:`JobDone`, :class:`JobFailed` or :class:`JobSkipped`. :class:`Log` may come at any time.
+The contract of :func:`~xportrait_cli.jobs.runner.run_job` (``tests/test_progress.py`` holds it
+to a recorded run, ``tests/data/job_events.jsonl``):
+
+1. :class:`JobStarted`;
+2. then either :class:`JobSkipped` (a finished output, or the job runs in another process), or:
+3. ``--crop`` cropping the driving video: the :data:`CROP_STAGES` of ``xportrait crop``
+   (``landmarks``: faces on sampled frames, :class:`StageProgress`; ``encode``: the cropped video,
+   :class:`FramesWritten`);
+4. the :data:`JOB_STAGES` in order, each :class:`StageStarted`, its progress, :class:`StageFinished`:
+   ``portrait`` (the portrait's landmarks and best frame), ``align`` (the driving video's
+   landmarks, warped into the frame store: :class:`StageProgress`), ``denoise``
+   (:class:`StepProgress` per step), ``decode`` (VAE decode, paste-back and video encoding in one
+   loop: :class:`FramesWritten` per frame);
+5. :class:`JobDone`. A job that raises emits no terminal event: its caller (the CLI, a batch)
+   emits :class:`JobFailed`. :class:`Log` may come at any time.
+
+:class:`FramesWritten` always comes inside the stage that writes the video (``decode`` in a job,
+``encode`` in a crop); renderers file it under the stage that is open.
 """
 
 from __future__ import annotations
@@ -22,10 +37,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-#: The stages of a job, in the order they run (design.md: read -> landmarks -> align -> denoise ->
-#: decode -> encode). ``encode`` covers video writing and the audio mux.
-STAGES: tuple[str, ...] = ("read", "landmarks", "align", "denoise", "decode", "encode")
-Stage = Literal["read", "landmarks", "align", "denoise", "decode", "encode"]
+#: The stages of cropping a video (``xportrait crop``, ``animate --crop``), in the order they run:
+#: faces found on sampled frames, then the cropped video written (audio muxed).
+CROP_STAGES: tuple[str, ...] = ("landmarks", "encode")
+#: The stages of a job after any crop, in the order they run (see the module docstring).
+JOB_STAGES: tuple[str, ...] = ("portrait", "align", "denoise", "decode")
+#: Every stage name an event may carry.
+STAGES: tuple[str, ...] = CROP_STAGES + JOB_STAGES
+Stage = Literal["landmarks", "encode", "portrait", "align", "denoise", "decode"]
 #: Levels of :class:`Log`, lowest first.
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 
@@ -125,7 +144,8 @@ class StepProgress(Event):
 
 @dataclass(frozen=True)
 class FramesWritten(Event):
-    """``count`` of ``total`` frames have been written to the output video (stage ``encode``)."""
+    """``count`` of ``total`` frames have been written to the output video (inside the stage that
+    writes it: ``decode`` in a job, ``encode`` in a crop)."""
 
     kind: ClassVar[str] = "frames_written"
     count: int
@@ -181,23 +201,50 @@ class Log(Event):
             raise ValueError(f"unknown log level {self.level!r}; expected one of {LOG_LEVELS}")
 
 
+#: Every event class by its ``kind``.
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        JobStarted,
+        StageStarted,
+        StageProgress,
+        StageFinished,
+        StepProgress,
+        FramesWritten,
+        JobDone,
+        JobFailed,
+        JobSkipped,
+        Log,
+    )
+}
+
+
+def from_dict(data: dict[str, Any]) -> Event:
+    """The event of :meth:`Event.to_dict` output (e.g. a ``--json`` line). Raises ``KeyError`` for an
+    unknown ``kind`` and ``TypeError`` for fields that do not match it."""
+    fields = dict(data)
+    return EVENT_TYPES[fields.pop("kind")](**fields)
+
+
 @contextmanager
 def stage(
-    sink: EventSink, name: Stage, job: str | None = None, total: int | None = None
+    sink: EventSink, name: str, *, job: str | None = None, total: int | None = None
 ) -> Iterator[Callable[[int, int | None], None]]:
-    """Emit :class:`StageStarted` before the block and :class:`StageFinished` (wall seconds) after it.
-
-    Yields ``progress(done, total)``, which emits :class:`StageProgress` for this stage. When the
-    block raises, no :class:`StageFinished` is emitted (the job's failure event follows instead).
+    """Emit :class:`StageStarted` on entry and :class:`StageFinished` (with the wall time) when the
+    block ends without an exception; yields ``progress(done, total)``, which emits
+    :class:`StageProgress` for this stage. Raises ``ValueError`` for a name not in :data:`STAGES`.
 
     Example::
 
-        with stage(events, "landmarks", job, total=n) as progress:
-            for i in range(n):
-                ...
-                progress(i + 1, n)
+        with stage(events, "align", job=label) as progress:
+            prepare_driving(..., on_progress=progress)
     """
+    _check_stage(name)
     start = time.monotonic()
     sink(StageStarted(name, total, job=job))
-    yield lambda done, of: sink(StageProgress(name, done, of, job=job))
+
+    def progress(done: int, total: int | None = total) -> None:
+        sink(StageProgress(name, done, total, job=job))
+
+    yield progress
     sink(StageFinished(name, time.monotonic() - start, job=job))

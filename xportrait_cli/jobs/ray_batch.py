@@ -2,7 +2,7 @@
 
 :func:`run_batch_ray` is :func:`~xportrait_cli.jobs.batch.run_batch` with the attempts run as Ray
 tasks instead of in this process. Everything else is shared (:class:`~xportrait_cli.jobs.batch.BatchPlan`
-and :func:`~xportrait_cli.jobs.batch.attempt_job`): the same summary and exit codes, failure
+and :func:`~xportrait_cli.jobs.attempt.attempt_job`): the same summary and exit codes, failure
 isolation, ``fail_fast``, shards, locked-job re-checks and Ctrl-C handling.
 
 - **Tasks**: one per job, reserving ``num_gpus`` GPUs (fractional to share a card, 0 for CPU) and
@@ -10,7 +10,7 @@ isolation, ``fail_fast``, shards, locked-job re-checks and Ctrl-C handling.
   picks the GPU Ray assigned (``CUDA_VISIBLE_DEVICES``); a task without a GPU hides the node's GPUs
   so ``auto`` means the CPU.
 - **Networks** are loaded once per worker process and reused by every later job it runs (a
-  module-level :class:`~xportrait_cli.jobs.runner.NetworksCache`; the task function keeps its
+  module-level :class:`~xportrait_cli.jobs.networks.NetworksCache`; the task function keeps its
   workers, ``max_calls=0``, where Ray would recycle GPU workers after every task).
 - **Shared state**: inputs, outputs and therefore the jobs' working directories
   (``<output>.xportrait/``) and locks must be on storage every node sees under the same paths.
@@ -39,17 +39,10 @@ from typing import Any
 
 from xportrait_cli.errors import UsageError
 from xportrait_cli.events import Event, EventSink, JobFailed, JobStarted, Log, null_sink
-from xportrait_cli.jobs.batch import (
-    LOCK_POLL_S,
-    BatchPlan,
-    BatchSummary,
-    JobOutcome,
-    OnResult,
-    Shard,
-    attempt_job,
-)
+from xportrait_cli.jobs.attempt import JobOutcome, attempt_job
+from xportrait_cli.jobs.batch import LOCK_POLL_S, BatchPlan, BatchSummary, OnResult, Shard
 from xportrait_cli.jobs.manifest import ManifestJob
-from xportrait_cli.jobs.runner import NetworksCache
+from xportrait_cli.jobs.networks import NetworksCache
 from xportrait_cli.jobs.spec import JobSpec
 
 #: Seconds between two drains of the workers' events while the driver waits for tasks.

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xportrait_cli.config import AnimateOptions
 from xportrait_cli.errors import UsageError
+from xportrait_cli.events import EventSink, Log
+from xportrait_cli.jobs.workdir import lock_path_for, work_dir_for
 
-WORK_SUFFIX = ".xportrait"
+if TYPE_CHECKING:  # spec.py loads no torch (manifest validation imports it)
+    import torch
+
 #: Output suffixes the video writer produces (an MP4 container, H.264 and AAC).
 OUTPUT_SUFFIXES = (".mp4", ".m4v")
 
@@ -55,12 +61,37 @@ class JobSpec:
 
     @property
     def work_dir(self) -> Path:
-        return self.output.with_name(self.output.name + WORK_SUFFIX)
+        """``<output>.xportrait/`` (:mod:`xportrait_cli.jobs.workdir` holds its layout)."""
+        return work_dir_for(self.output)
 
     @property
     def lock_path(self) -> Path:
-        return self.output.with_name(self.output.name + WORK_SUFFIX + ".lock")
+        """``<output>.xportrait.lock``: the per-job file lock."""
+        return lock_path_for(self.output)
 
     @property
     def label(self) -> str:
         return self.name or self.output.name
+
+
+@dataclass
+class JobRun:
+    """A job being run by :func:`~xportrait_cli.jobs.runner.run_job`, inside its lock with its work
+    dir open: the spec, its fingerprint ``digest``, the working directory, the event sink, the
+    resolved torch ``device`` and ``dtype``, and the test hook ``after_step(steps_done)``. Each step
+    of the job (:mod:`.prepare`, :mod:`.denoise`, the runner's decode) takes it."""
+
+    spec: JobSpec
+    digest: str
+    work: Path
+    events: EventSink
+    device: torch.device
+    dtype: torch.dtype
+    after_step: Callable[[int], None] | None = None
+
+    @property
+    def job(self) -> str:
+        return self.spec.label
+
+    def log(self, level: str, message: str) -> None:
+        self.events(Log(level, message, job=self.job))
