@@ -99,6 +99,22 @@ def tiny_defaults(golden: Path, frames: int, steps: int) -> dict:
     }
 
 
+def tiny_cli_args(golden: Path, steps: int = 2) -> list[str]:
+    """``animate`` flags for quick CLI runs: the golden tiny model at 64 px, dlib landmarks."""
+    return [
+        "--model",
+        str(golden / "tiny_xportrait.th"),
+        "--model-config",
+        str(golden / "tiny_config.yaml"),
+        "--size",
+        "64",
+        "--steps",
+        str(steps),
+        "--landmarks",
+        "dlib",
+    ]
+
+
 def write_manifest(path: Path, defaults: dict, jobs: list[dict]) -> Path:
     """Write a batch manifest (as JSON, which is YAML) and return its path."""
     path.write_text(json.dumps({"defaults": defaults, "jobs": jobs}, indent=1))  # JSON is YAML

@@ -12,7 +12,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import cli_env, tiny_spec, with_rotation
+from conftest import cli_env, tiny_cli_args, tiny_spec, with_rotation
 
 from xportrait_cli.jobs import run_job
 from xportrait_cli.jobs.workdir import CHECKPOINT_NAME
@@ -21,18 +21,7 @@ from xportrait_cli.video.writer import write_video
 
 @pytest.fixture(scope="module")
 def tiny_args(golden):
-    return [
-        "--model",
-        str(golden / "tiny_xportrait.th"),
-        "--model-config",
-        str(golden / "tiny_config.yaml"),
-        "--size",
-        "64",
-        "--steps",
-        "2",
-        "--landmarks",
-        "dlib",
-    ]
+    return tiny_cli_args(golden)
 
 
 def xportrait(*args, cwd: Path) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import decoded, run_main, tiny_spec
+from conftest import decoded, run_main, tiny_cli_args, tiny_spec
 from safetensors.torch import load_file
 
 from xportrait_cli.jobs import run_job
@@ -58,18 +58,9 @@ def test_animate_in_half_precision_matches_fp32(
         str(media / "xportrait_driving.mp4"),
         "-o",
         str(out),
-        "--model",
-        str(golden / "tiny_xportrait.th"),
-        "--model-config",
-        str(golden / "tiny_config.yaml"),
-        "--size",
-        "64",
-        "--steps",
-        str(STEPS),
+        *tiny_cli_args(golden, STEPS),
         "--frames",
         str(FRAMES),
-        "--landmarks",
-        "dlib",
         "--device",
         "cpu",
         "--dtype",
