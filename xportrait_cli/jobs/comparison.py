@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import torch
 
+from xportrait_cli.pipeline.pipeline_xportrait import to_uint8
 from xportrait_cli.video.writer import VideoWriter
 
 if TYPE_CHECKING:
@@ -41,8 +42,7 @@ class ComparisonWriter:
     def __init__(self, writer: VideoWriter, portrait: torch.Tensor, store: FrameStore) -> None:
         self._writer, self._store = writer, store
         self.path = writer.path
-        rgb = ((portrait[0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255)
-        self._portrait = rgb.to(torch.uint8).numpy()
+        self._portrait = to_uint8(portrait)[0]  # the one [-1, 1] -> uint8 rule (official img_as_ubyte)
         self._index = 0
 
     def write(self, result: np.ndarray) -> None:
