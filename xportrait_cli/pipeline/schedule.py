@@ -35,13 +35,20 @@ def alphas_cumprod() -> torch.Tensor:
     return torch.from_numpy(np.cumprod(1.0 - betas)).float()
 
 
+#: The official training noise schedule in diffusers' terms, shared by every scheduler built here (each
+#: then takes the exact float64-built :func:`alphas_cumprod` table).
+_OFFICIAL_BETAS = dict(
+    num_train_timesteps=NUM_TRAIN_TIMESTEPS,
+    beta_start=BETA_START,
+    beta_end=BETA_END,
+    beta_schedule="scaled_linear",
+)
+
+
 def make_scheduler(num_inference_steps: int) -> DDIMScheduler:
     """A ``DDIMScheduler`` reproducing the official sampler exactly (timesteps overridden)."""
     scheduler = DDIMScheduler(
-        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
-        beta_start=BETA_START,
-        beta_end=BETA_END,
-        beta_schedule="scaled_linear",
+        **_OFFICIAL_BETAS,
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
@@ -73,10 +80,7 @@ def lcm_scheduler(num_inference_steps: int) -> LCMScheduler:
             f"got {num_inference_steps}"
         )
     scheduler = LCMScheduler(
-        num_train_timesteps=NUM_TRAIN_TIMESTEPS,
-        beta_start=BETA_START,
-        beta_end=BETA_END,
-        beta_schedule="scaled_linear",
+        **_OFFICIAL_BETAS,
         original_inference_steps=LCM_ORIGINAL_STEPS,
         clip_sample=False,
         set_alpha_to_one=True,
