@@ -69,7 +69,7 @@ def calls(networks, stock_unet, stock_controlnet, size: int) -> dict[str, tuple]
             stock_controlnet(x, t, encoder_hidden_states=context, controlnet_cond=h, return_dict=False)
 
     return {
-        "unet": (lambda: networks.unet(x, t, networks.context, num_frames=WINDOW), stock_unet_call),
+        "unet": (lambda: networks.unet(x, t, networks.context, window_length=WINDOW), stock_unet_call),
         "controlnet": (lambda: networks.controlnet_residuals(x, t, hint, hint), stock_controlnets),
         "reference": (lambda: networks.record_reference(x, t), stock_unet_call),
     }
