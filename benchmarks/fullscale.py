@@ -111,19 +111,28 @@ class MemorySampler:
         self._sample()
 
 
+def measured_targets() -> list[tuple[object, str]]:
+    """``(owner, attribute)`` of what :func:`child` wraps: the conversion ``download-weights`` runs, the
+    load of the networks, and the cache class whose ``place`` puts them on the device (a test checks
+    that they still exist, so a rename in the package cannot silently break the benchmark)."""
+    from xportrait_cli.jobs import networks
+    from xportrait_cli.weights import download
+
+    return [(download, "_convert"), (networks, "load_networks"), (networks.NetworksCache, "place")]
+
+
 def child(result: Path, argv: list[str]) -> None:
     """Run ``xportrait <argv>`` in this process, measuring conversion, loading and placement."""
     import torch
 
     from xportrait_cli import cli
-    from xportrait_cli.jobs import runner
-    from xportrait_cli.weights import download
 
     record: dict = {}
     sampler = MemorySampler()
-    sampler.wrap(download, "_convert", "convert", record)
-    sampler.wrap(runner, "load_networks", "load", record)
-    place = runner.NetworksCache.place
+    (convert_owner, convert_name), (load_owner, load_name), (cache_class, _) = measured_targets()
+    sampler.wrap(convert_owner, convert_name, "convert", record)
+    sampler.wrap(load_owner, load_name, "load", record)
+    place = cache_class.place
 
     def placed(cache, offload):
         networks = place(cache, offload)
@@ -132,7 +141,7 @@ def child(result: Path, argv: list[str]) -> None:
         record["weight_bytes"] = sum(t.numel() * t.element_size() for t in networks.parameters())
         return networks
 
-    runner.NetworksCache.place = placed
+    cache_class.place = placed
     sys.argv = ["xportrait", *argv]
     code = 0
     with sampler:

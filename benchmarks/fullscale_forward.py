@@ -75,11 +75,13 @@ def calls(networks, stock_unet, stock_controlnet, size: int) -> dict[str, tuple]
     }
 
 
-def flop_ratios(size: int) -> dict[str, dict[str, int]]:
-    """FLOPs of ours and of the stock call per network, counted on the meta device."""
-    from flops import meta_networks
+def flop_ratios(size: int, networks=None) -> dict[str, dict[str, int]]:
+    """FLOPs of ours and of the stock call per network, counted on ``networks`` (default: the
+    full-size networks on the meta device)."""
+    if networks is None:
+        from flops import meta_networks
 
-    networks = meta_networks()
+        networks = meta_networks()
     stock_unet, stock_controlnet = stock_copies(networks)
     out = {}
     for name, (ours, stock) in calls(networks, stock_unet, stock_controlnet, size).items():
@@ -100,10 +102,11 @@ def profile_table(fn, rows: int = 12) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-def time_size(networks, stock, size: int, repeats: int, profile: bool) -> dict:
-    """Interleaved timings and overhead per network at ``size``²."""
+def time_size(networks, stock, size: int, repeats: int, profile: bool, flops_of=None) -> dict:
+    """Interleaved timings and overhead per network at ``size``² (FLOPs counted on ``flops_of``, default
+    the full-size networks on the meta device)."""
     results = {}
-    flops = flop_ratios(size)
+    flops = flop_ratios(size, flops_of)
     for name, (ours, stock_call) in calls(networks, *stock, size).items():
         seconds: dict[str, list[float]] = {"ours": [], "stock": []}
         with torch.no_grad():
