@@ -425,7 +425,7 @@ def report(result: dict) -> str:
                     f"    {label:<30}{0:>9.2f}{0:>9.2f}{0:>8.2f}{row['peak_bytes'] / GB:>7.2f}       0  all"
                 )
                 continue
-            misses = sum(row["misses"].values())
+            misses = step["misses"]
             resident = ", ".join(f"{k} {v:.0%}" if v < 1 else k for k, v in step["resident_after"].items())
             lines.append(
                 f"    {label:<30}{step['h2d_bytes'] / GB:>9.2f}{step['d2h_bytes'] / GB:>9.2f}"
@@ -434,7 +434,9 @@ def report(result: dict) -> str:
             )
         missed = {k: r["misses"] for k, r in rows.items() if r.get("misses")}
         for label, per in missed.items():
-            lines.append(f"    misses of {label}: " + ", ".join(f"{k} {v}" for k, v in per.items()))
+            lines.append(
+                f"    misses of {label}, whole run: " + ", ".join(f"{k} {v}" for k, v in per.items())
+            )
     return "\n".join(lines)
 
 
