@@ -31,7 +31,9 @@ reference net is run through its own ``forward`` accelerate's hook on it would n
 
 ``misses``: weight uses (torch function calls, watched by a ``TorchFunctionMode``) of a tensor that
 is not on the device at that moment: on a GPU each is a device-mismatch error, so a strategy with
-misses does not work as installed. ``peak`` is the most weight bytes on the device at once, in the
+misses does not work as installed (``block_level`` today: the UNets are walked block by block by
+``unet_forward``, so the forwards that onload a block's group, and the appearance net's own group,
+never run). ``peak`` is the most weight bytes on the device at once, in the
 full-size model (add activations: :mod:`xportrait_cli.pipeline.memory`). Activations, latents, hints
 and ControlNet residuals are not counted: they are the same for every strategy. "Per step" is the
 second step (the first one also moves the VAE out); steps after it repeat it.
