@@ -49,7 +49,8 @@ U + R + C + 3 (U + C) = 2.56 + 1.72 + 1.44 + 3 × 4.00 = 17.72 GB, host→device
 in all, as printed. Leaf-level group offloading onloads each component once per call:
 R + 4 (C + 2 U) = 27.96 GB, plus 0.18 GB because the reference attention calls ``attn1.to_k`` and
 ``to_v`` twice in a conditional pass (its own tokens, then the bank), and the layer is offloaded
-after the first: 28.14 GB printed.
+after the first: 28.14 GB printed; 28.24 GB with a stream, whose prefetch copies ``to_out`` again
+when the second ``to_v`` call prefetches it.
 
 Usage: ``python benchmarks/offload_traffic.py [--frames 48] [--num-mix 4] [--steps 2] [--json]``
 """
@@ -156,15 +157,20 @@ class Ledger:
         """Whether the first parameter of ``module`` is on the device (accelerate's residency test)."""
         return id(next(module.parameters())) in self.resident
 
-    def onload(self, tensors) -> None:
-        """Host→device: every tensor of ``tensors`` not on the device yet."""
+    def onload(self, tensors, recopy: bool = False) -> None:
+        """Host→device: every tensor of ``tensors`` not on the device yet (``recopy``: also those
+        already there, copied again)."""
         for tensor in tensors:
             key = id(tensor)
-            if key in self.owner and key not in self.resident:
+            if key not in self.owner:
+                continue
+            size = self.owner[key][1]
+            if key not in self.resident:
                 self.resident.add(key)
-                size = self.owner[key][1]
-                self.h2d += size
                 self.now += size
+            elif not recopy:
+                continue
+            self.h2d += size
         self.peak = max(self.peak, self.now)
 
     def offload(self, tensors, copy_back: bool = True) -> None:
@@ -332,27 +338,45 @@ def count_group(networks, ledger: Ledger, inputs: dict, reference_mode: str, ste
         yield from group.parameters
         yield from group.buffers
 
+    running = []  # the groups whose hook is in pre_forward
+    pre_forward = go.GroupOffloadingHook.pre_forward
+
+    def hook_pre_forward(hook, module, *args, **kwargs):
+        running.append(hook.group)
+        try:
+            return pre_forward(hook, module, *args, **kwargs)
+        finally:
+            running.pop()
+
+    def onload_(group):
+        # On a stream ``onload_`` copies every tensor from the pinned copy, also one on the device
+        # already, except where a prefetched group's hook calls it after finding ``params[0]`` off
+        # the device (on the CPU that check always holds: the ledger's residency stands in for it).
+        fallback = running and running[-1] is group and not group.onload_self
+        ledger.onload(list(tensors(group)), recopy=group.stream is not None and not fallback)
+
     cpu = torch.device("cpu")
-    for module in components_of(networks).values():
-        config = go.GroupOffloadingConfig(
-            onload_device=cpu,
-            offload_device=cpu,
-            offload_type=go.GroupOffloadingType(kind),
-            non_blocking=stream,
-            record_stream=False,
-            low_cpu_mem_usage=True,  # no pinning on a CPU-only torch; moves the same bytes
-            num_blocks_per_group=1 if kind == "block_level" else None,
-            stream=_Stream() if stream else None,
-            block_modules=getattr(module, "_group_offload_block_modules", None),
-            exclude_kwargs=getattr(module, "_skip_keys", None),
-        )
-        with mock.patch.object(go.ModuleGroup, "offload_", lambda g: ledger.offload(list(tensors(g)))):
+    with (  # patched before the hooks are made: they keep their bound pre_forward
+        mock.patch.object(go.GroupOffloadingHook, "pre_forward", hook_pre_forward),
+        mock.patch.object(go.ModuleGroup, "onload_", onload_),
+        mock.patch.object(
+            go.ModuleGroup, "offload_", lambda g: ledger.offload(list(tensors(g)), copy_back=g.stream is None)
+        ),
+    ):
+        for module in components_of(networks).values():
+            config = go.GroupOffloadingConfig(
+                onload_device=cpu,
+                offload_device=cpu,
+                offload_type=go.GroupOffloadingType(kind),
+                non_blocking=stream,
+                record_stream=False,
+                low_cpu_mem_usage=True,  # no pinning on a CPU-only torch; moves the same bytes
+                num_blocks_per_group=1 if kind == "block_level" else None,
+                stream=_Stream() if stream else None,
+                block_modules=getattr(module, "_group_offload_block_modules", None),
+                exclude_kwargs=getattr(module, "_skip_keys", None),
+            )
             go._apply_group_offloading(module, config)
-    onload = mock.patch.object(go.ModuleGroup, "onload_", lambda g: ledger.onload(list(tensors(g))))
-    offload = mock.patch.object(
-        go.ModuleGroup, "offload_", lambda g: ledger.offload(list(tensors(g)), copy_back=g.stream is None)
-    )
-    with onload, offload:
         run_pipeline(networks, ledger, inputs, reference_mode, steps)
 
 
