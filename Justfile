@@ -4,8 +4,10 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 export OMP_NUM_THREADS := "1"
 
 # Run the whole test suite (CPU, no weights needed; uses the shared test data, XPORTRAIT_SHARED, when present)
+# on two pytest-xdist workers, one torch thread each; tests marked xdist_group share a worker.
+# Serially: `just test -n 0`; one file: `just test -n 0 tests/test_animate.py`.
 test *ARGS:
-    python -m pytest -q {{ARGS}}
+    python -m pytest -q -n 2 --dist loadgroup {{ARGS}}
 
 # Lint and format check
 lint:

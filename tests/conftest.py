@@ -153,6 +153,17 @@ def tiny_spec(golden: Path, media: Path, out: Path, *, driving: Path | None = No
     return JobSpec(media / "xportrait_source.png", driving, out, resolved)
 
 
+@pytest.fixture(scope="session")
+def default_run(golden: Path, media: Path, tmp_path_factory):
+    """The default :func:`tiny_spec` job (demo pair, 20 frames, 4 steps, 64 px), run once per session
+    (per xdist worker) with its work directory kept (the final latents): a
+    :class:`~xportrait_cli.jobs.runner.JobResult`. Tests only read its files."""
+    from xportrait_cli.jobs import run_job
+
+    out = tmp_path_factory.mktemp("default_run") / "default.mp4"
+    return run_job(tiny_spec(golden, media, out), keep_work=True)
+
+
 def with_rotation(src: Path, dst: Path, degrees: int) -> Path:
     """Remux ``src`` (no re-encoding) with a display matrix turning it ``degrees`` counter-clockwise,
     as phones store portrait-mode clips."""

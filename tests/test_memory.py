@@ -106,14 +106,15 @@ def test_fallback_ladder():
 # --------------------------------------------------------------------------------------------------
 
 
-def test_offloaded_networks_run_only_while_resident_and_give_the_same_latents(golden, tiny_config):
+def test_offloaded_networks_run_only_while_resident_and_give_the_same_latents(
+    golden, tiny_config, tiny_networks
+):
     tensors = load_file(golden / "case_a.safetensors")
     source = tensors["inputs/source"]
     frames = TensorFrames(tensors["inputs/conditions"], tensors["inputs/local"])
     args = dict(num_inference_steps=2, seed=3, output_type="latent")
 
-    plain = load_networks(golden / "tiny_xportrait.th", config=tiny_config)
-    expected = XPortraitPipeline(plain)(source, frames, **args).latents
+    expected = XPortraitPipeline(tiny_networks)(source, frames, **args).latents  # not offloaded
 
     networks = load_networks(golden / "tiny_xportrait.th", config=tiny_config).enable_offload("cpu")
     calls = []

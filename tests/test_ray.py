@@ -1,7 +1,8 @@
 """`xportrait batch --ray`: a batch on a local Ray cluster (2 CPUs) with the golden tiny model.
 
-One cluster for the module; the jobs run as CPU tasks (``num_gpus=0``). The first test kills a
-worker in the middle of a job and checks that Ray's re-run resumes it from its checkpoint.
+One cluster for the module (under ``just test``, its tests share one xdist worker); the jobs run as
+CPU tasks (``num_gpus=0``). The first test kills a worker in the middle of a job and checks that
+Ray's re-run resumes it from its checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from xportrait_cli.jobs.manifest import load_manifest
 from xportrait_cli.jobs.ray_batch import run_batch_ray
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.xdist_group("ray")  # under `-n 2`: one worker, one local cluster
 
 WHERE = re.compile(r"runs on .*, worker pid (\d+)")
 REPORT = re.compile(r"worker pid (\d+): (\d+) job\(s\), networks loaded (\d+) time\(s\)")

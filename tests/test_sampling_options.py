@@ -46,13 +46,6 @@ def final_latents(result) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def plain_run(golden, media, tmp_path_factory):
-    """The default job (20 frames, 4 steps, 64 px): its result, kept work directory included."""
-    out = tmp_path_factory.mktemp("plain") / "plain.mp4"
-    return run_job(tiny_spec(golden, media, out), keep_work=True)
-
-
-@pytest.fixture(scope="module")
 def small_portrait(media, tmp_path_factory):
     """The portrait at 64 px as a PNG (uint8, so reading it back at 64 px is exact) and its array."""
     from PIL import Image
@@ -171,7 +164,7 @@ def test_guidance_scale_one_runs_one_pass_with_the_same_result(golden, media, tm
     assert error < 1e-4, error  # measured 3.8e-6 (|x| <= 35)
 
 
-def test_guidance_interval_guides_only_the_steps_inside(plain_run, golden, media, tmp_path, monkeypatch):
+def test_guidance_interval_guides_only_the_steps_inside(default_run, golden, media, tmp_path, monkeypatch):
     assert [step_position(k, 4) for k in range(4)] == [0, 1 / 3, 2 / 3, 1]
     assert [is_guided(k, 4, 5.0, (0.0, 0.5)) for k in range(4)] == [True, True, False, False]
     calls = count_unet_passes(monkeypatch)
@@ -179,11 +172,11 @@ def test_guidance_interval_guides_only_the_steps_inside(plain_run, golden, media
         tiny_spec(golden, media, tmp_path / "lo.mp4", guidance_interval=(0, 0.5)), keep_work=True
     )
     assert len(calls) == 2 * 2 * 2 + 2 * 2 * 1  # steps 0-1 guided (2 passes), steps 2-3 one pass
-    latents, plain = final_latents(result), final_latents(plain_run)
+    latents, plain = final_latents(result), final_latents(default_run)
     assert torch.isfinite(latents).all() and (latents - plain).abs().max() > 1e-2
 
 
-def test_motion_guidance_and_noised_reference_resume_bit_identical(plain_run, golden, media, tmp_path):
+def test_motion_guidance_and_noised_reference_resume_bit_identical(default_run, golden, media, tmp_path):
     """Shared reference mode: one noisy reference per window, drawn from (seed, step, window), so a job
     stopped after step 2 and resumed gives the frames of an uninterrupted run."""
     options = {"control_mode": "motion-guidance", "noised_reference": True}
@@ -199,7 +192,7 @@ def test_motion_guidance_and_noised_reference_resume_bit_identical(plain_run, go
     resumed = run_job(spec)
     assert resumed.resumed_from == 2
     assert np.array_equal(decoded(spec.output), decoded(full.output))
-    assert (final_latents(full) - final_latents(plain_run)).abs().max() > 1e-2  # the options act
+    assert (final_latents(full) - final_latents(default_run)).abs().max() > 1e-2  # the options act
 
 
 def test_motion_guidance_batched_matches_two_passes(golden, media, tmp_path):
