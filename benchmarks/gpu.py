@@ -96,9 +96,9 @@ def build_networks(device: torch.device, dtype: torch.dtype, smoke: bool):
             GOLDEN / "tiny_xportrait.th", config=GOLDEN / "tiny_config.yaml", device=device, dtype=dtype
         )
     from flops import meta_state_dict
+    from xportrait_cli.models.networks import XPortraitNetworks
 
     from xportrait_cli.models import build_architecture
-    from xportrait_cli.models.networks import XPortraitNetworks
 
     architecture = build_architecture(meta_state_dict())
     torch.manual_seed(0)

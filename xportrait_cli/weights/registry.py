@@ -28,12 +28,12 @@ __all__ = [
     "LANDMARK_FILES",
     "DTYPES",
     "CUDA_DTYPE",
-    "CONVERTED_CONFIG",
-    "CONVERTED_WEIGHTS",
+    "MODEL_INDEX",
     "ProgressCallback",
     "check_dtype",
     "torch_dtype",
     "is_converted",
+    "is_old_format",
     "xportrait_home",
     "hub_cache_dir",
     "landmark_dir",
@@ -66,9 +66,11 @@ DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 CUDA_DTYPE = "fp16"
 #: Approximate checkpoint size, for ``--dry-run`` and the space check when the Hub gives no size.
 APPROX_CHECKPOINT_BYTES = 12_300_000_000
-#: The files of a converted folder (written by :func:`xportrait_cli.models.loading.convert_checkpoint`).
-CONVERTED_CONFIG = "config.json"
-CONVERTED_WEIGHTS = "networks.safetensors"
+#: The index of a converted folder (diffusers' pipeline layout, written by
+#: :func:`xportrait_cli.pipeline.loading.convert_checkpoint`).
+MODEL_INDEX = "model_index.json"
+#: The ``format`` field of the old converted folders' ``config.json`` (one ``networks.safetensors``).
+OLD_FORMAT = "xportrait-converted"
 MANIFEST_NAME = "weights.json"
 
 ProgressCallback = Callable[[str, int, "int | None"], None]
@@ -98,10 +100,19 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def is_converted(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a converted folder: :data:`CONVERTED_CONFIG` and
-    :data:`CONVERTED_WEIGHTS` are both in it (contents are checked when it is loaded)."""
-    path = Path(path)
-    return (path / CONVERTED_CONFIG).is_file() and (path / CONVERTED_WEIGHTS).is_file()
+    """True when ``path`` is a converted folder: it holds :data:`MODEL_INDEX` (the components are
+    checked when it is loaded, :func:`xportrait_cli.pipeline.loading.check_folder`)."""
+    return (Path(path) / MODEL_INDEX).is_file()
+
+
+def is_old_format(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a folder converted by an older xportrait (``config.json`` with
+    ``"format": "xportrait-converted"``): not loaded, converted again by ``download-weights``."""
+    try:
+        data = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == OLD_FORMAT
 
 
 # ---------------------------------------------------------------------------------------------
