@@ -53,13 +53,14 @@ class AnimateOptions:
     value. Paths are stored as :class:`~pathlib.Path` (``~`` expanded), ``reference`` as a tuple.
     """
 
-    model: Path | None = option(
+    model: str | None = option(
         None,
-        "X-Portrait checkpoint (model_state-415001.th or a converted file); default: the weights cache.",
+        "X-Portrait weights: the official .th or .safetensors, a folder made by `xportrait convert`, "
+        "or a Hugging Face repo id of one; default: the weights cache.",
         flag="--model",
         envvar="XPORTRAIT_MODEL",
-        coerce=checks.optional(checks.as_path),
-        path="file",
+        coerce=checks.optional(checks.path_or_repo),
+        path="local_or_hub",
         panel=INPUTS,
     )
     model_config: Path | None = option(

@@ -236,8 +236,9 @@ def anchor(path: Path, base: Path) -> Path:
     return Path(os.path.normpath(path if path.is_absolute() else Path(base).absolute() / path))
 
 
-def local_or_hub(lora: str, base: Path) -> str:
-    """A relative ``lora`` that names an existing file or folder under ``base`` becomes that absolute
-    path; anything else (absolute paths, Hugging Face repo ids) is kept as written."""
-    candidate = base / lora
-    return str(candidate) if not Path(lora).is_absolute() and candidate.exists() else lora
+def local_or_hub(value: str, base: Path) -> str:
+    """A relative ``value`` (``lora``, ``model``) that names an existing file or folder under
+    ``base`` becomes that absolute path; anything else (absolute paths, Hugging Face repo ids) is
+    kept as written."""
+    candidate = base / value
+    return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value

@@ -46,16 +46,18 @@ def model_path(spec: JobSpec) -> Path:
     downloaded into the hub cache), else the download cache.
 
     Raises:
-        InputError: ``--model`` names neither an existing path nor a Hub repo.
+        InputError: ``--model`` names neither an existing path nor a Hub repo, or a folder that is
+            not a converted one.
+        CheckpointError: the folder is in the old converted format.
         WeightsMissingError: no ``--model`` and nothing downloaded.
     """
-    if spec.options.model is not None:
-        from xportrait_cli.pipeline.loading import resolve_folder
-
-        return resolve_folder(spec.options.model)
+    from xportrait_cli.pipeline.loading import check_format, resolve_folder
     from xportrait_cli.weights.registry import default_model_path
 
-    return default_model_path()
+    path = resolve_folder(spec.options.model) if spec.options.model is not None else default_model_path()
+    if path.is_dir():
+        check_format(path)  # an old-format folder fails here, before any preprocessing
+    return path
 
 
 def lora_file(spec: JobSpec) -> Path | None:

@@ -11,7 +11,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "frames": ["ConditioningFrames", "TensorFrames"],
-        "loading": ["check_folder", "convert_checkpoint", "load_pipeline"],
+        "loading": ["check_folder", "check_format", "convert_checkpoint", "load_pipeline"],
         "pipeline_xportrait": ["XPortraitPipeline", "XPortraitPipelineOutput"],
         "randomness": ["RandomDraws"],
     },

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -50,7 +49,6 @@ COMPONENTS = {
     "vae": AutoencoderKL,
 }
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _HUB_FILES = ["model_index.json", "*/config.json", "*/scheduler_config.json", "*/*.safetensors*"]
 
 
@@ -58,13 +56,14 @@ def resolve_folder(
     model: str | os.PathLike, *, revision: str | None = None, token=None, cache_dir=None
 ) -> Path:
     """A local path as it is; a Hub repo id (``org/name``, not an existing path) downloaded with
-    ``snapshot_download`` into the hub cache (only the folder's config and safetensors files).
+    ``snapshot_download`` into the hub cache (only the folder's config and safetensors files), from
+    ``HF_ENDPOINT`` (read now) with ``HF_TOKEN`` / the stored login unless ``token`` is given.
 
     Raises:
         InputError: neither an existing path nor a repo the Hub (``HF_ENDPOINT``) serves.
     """
     path = Path(model).expanduser()
-    if path.exists() or not _REPO_ID.fullmatch(str(model)):
+    if not registry.looks_like_repo_id(model):
         if not path.exists():
             raise InputError(
                 f"{model}: model not found", "pass an existing --model or run `xportrait download-weights`"
@@ -79,6 +78,7 @@ def resolve_folder(
             revision=revision,
             token=token,
             cache_dir=str(registry.hub_cache_dir(cache_dir)),
+            endpoint=registry.endpoint_url(),
             allow_patterns=_HUB_FILES,
         )
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:
@@ -106,14 +106,11 @@ def _stored_shapes(component_dir: Path) -> dict[str, torch.Tensor]:
     return shapes
 
 
-def check_folder(folder: str | os.PathLike) -> None:
-    """Check a converted folder before loading: its format, and every component's tensor keys and
-    shapes against the model its ``config.json`` builds (diffusers only warns on unexpected keys).
+def check_format(folder: str | os.PathLike) -> None:
+    """Check that ``folder`` is a converted folder of this version (cheap: no tensors read).
 
     Raises:
-        CheckpointError: an old-format folder (says to run ``xportrait convert``), a component
-            missing from ``model_index.json`` or its folder, or a missing, unexpected or
-            wrong-shaped tensor (naming the component and the keys).
+        CheckpointError: an old-format folder; the message says to run ``xportrait convert``.
         InputError: not a converted folder at all.
     """
     folder = Path(folder)
@@ -129,6 +126,20 @@ def check_folder(folder: str | os.PathLike) -> None:
             f"{folder}: is a folder but not a converted X-Portrait folder (no {registry.MODEL_INDEX})",
             "pass the .th file or a folder made by `xportrait convert` / `xportrait download-weights`",
         )
+
+
+def check_folder(folder: str | os.PathLike) -> None:
+    """Check a converted folder before loading: its format, and every component's tensor keys and
+    shapes against the model its ``config.json`` builds (diffusers only warns on unexpected keys).
+
+    Raises:
+        CheckpointError: an old-format folder (says to run ``xportrait convert``), a component
+            missing from ``model_index.json`` or its folder, or a missing, unexpected or
+            wrong-shaped tensor (naming the component and the keys).
+        InputError: not a converted folder at all.
+    """
+    folder = Path(folder)
+    check_format(folder)
     index = json.loads((folder / registry.MODEL_INDEX).read_text())
     hint = f"convert the checkpoint again with `xportrait convert <checkpoint> {folder}`"
     for name, cls in COMPONENTS.items():

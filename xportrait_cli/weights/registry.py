@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,8 @@ MODEL_INDEX = "model_index.json"
 #: The ``format`` field of the old converted folders' ``config.json`` (one ``networks.safetensors``).
 OLD_FORMAT = "xportrait-converted"
 MANIFEST_NAME = "weights.json"
+#: Suffixes of checkpoint files (a ``--model`` ending so is a path, never a Hub repo id).
+CHECKPOINT_SUFFIXES = (".th", ".pt", ".pth", ".ckpt", ".safetensors", ".bin")
 
 ProgressCallback = Callable[[str, int, "int | None"], None]
 """``progress(label, done, total)``: ``done`` bytes (or steps) of ``total`` (``None``: unknown)."""
@@ -97,6 +100,15 @@ def torch_dtype(name: str) -> torch.dtype:
     import torch
 
     return getattr(torch, DTYPES[check_dtype(name)])
+
+
+def looks_like_repo_id(value: str | os.PathLike[str]) -> bool:
+    """True when ``value`` is no existing path and reads as a Hugging Face repo id ``org/name`` (one
+    slash; not starting with ``/``, ``.`` or ``~``; no checkpoint suffix)."""
+    text = os.fspath(value)
+    if Path(text).expanduser().exists() or text.startswith(("/", ".", "~")):
+        return False
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None and not text.endswith(CHECKPOINT_SUFFIXES)
 
 
 def is_converted(path: str | os.PathLike[str]) -> bool:
