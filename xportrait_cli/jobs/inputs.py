@@ -4,7 +4,8 @@ A job's inputs are its portrait, driving video, reference portraits, ``--init-vi
 and ``--model-config``. Each given one must exist, be a file (the model may also be a converted
 folder, or a Hugging Face repo id of one, which is not checked here) and be readable.
 :func:`xportrait_cli.jobs.manifest.load_manifest` marks a job whose inputs break the rule (the batch
-runs the others); :func:`xportrait_cli.jobs.preflight.check_inputs` raises before opening them. Imports no torch.
+runs the others); :func:`xportrait_cli.jobs.preflight.check_inputs` raises before opening them.
+Imports no torch.
 """
 
 from __future__ import annotations
