@@ -117,19 +117,24 @@ def child(result: Path, argv: list[str]) -> None:
 
     from xportrait_cli import cli
     from xportrait_cli.jobs import runner
+    from xportrait_cli.pipeline import loading
     from xportrait_cli.weights import download
 
     record: dict = {}
     sampler = MemorySampler()
     sampler.wrap(download, "_convert", "convert", record)
-    sampler.wrap(runner, "load_networks", "load", record)
+    sampler.wrap(loading, "load_pipeline", "load", record)
     place = runner.NetworksCache.place
 
     def placed(cache, offload):
         networks = place(cache, offload)
-        if networks.device.type == "cuda":
+        if networks._execution_device.type == "cuda":
             record["cuda_max_memory_allocated_after_place"] = torch.cuda.max_memory_allocated()
-        record["weight_bytes"] = sum(t.numel() * t.element_size() for t in networks.parameters())
+        record["weight_bytes"] = sum(
+            t.numel() * t.element_size()
+            for name in networks.OFFLOADED
+            for t in getattr(networks, name).parameters()
+        )
         return networks
 
     runner.NetworksCache.place = placed
