@@ -198,3 +198,12 @@ def test_diffusers_group_offloading_keeps_the_latents(converted: Path, golden: P
         "unet",
         "vae",
     ]
+
+
+def test_a_repo_id_in_a_preset_stays_as_written_and_paths_are_anchored(tmp_path: Path):
+    from xportrait_cli.presets import load_preset
+
+    path = tmp_path / "mine.yaml"
+    for model, expected in ((REPO, Path(REPO)), ("sub/m.th", tmp_path / "sub/m.th"), ("m", tmp_path / "m")):
+        path.write_text(f"model: {model}\n")
+        assert load_preset(path)["model"] == expected

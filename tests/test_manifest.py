@@ -127,7 +127,7 @@ jobs:
     monkeypatch.setenv("HOME", str(files / "media"))
     a, b, c = load_manifest(manifest)
     assert a.spec.portrait == files / "media/face.png" and a.spec.output == files / "sub/face--drive.mp4"
-    assert Path(a.spec.options.model) == files / "media/tiny.th"
+    assert a.spec.options.model == files / "media/tiny.th"
     assert a.spec.options.model_config == files / "media/tiny.yaml"
     assert a.spec.options.reference == (files / "media/ref.png",)
     assert b.spec.output == files / "sub/named.mp4"

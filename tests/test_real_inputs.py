@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,7 +203,7 @@ def test_a_disk_that_fills_up_keeps_the_last_checkpoint_and_removes_partial_file
     line = err.value.one_line()
     assert err.value.exit_code == 1 and "no space left on the device writing" in line
     assert "the job needs about" in line and "resumable" in line
-    digest = job_fingerprint(spec, Path(spec.options.model))["digest"]
+    digest = job_fingerprint(spec, spec.options.model)["digest"]
     assert load_checkpoint(spec.work_dir, digest).steps_done == 1  # the last good checkpoint
     assert not spec.output.exists()
     leftovers = [p.name for p in spec.work_dir.rglob("*") if "tmp" in p.name or "incomplete" in p.name]
@@ -240,7 +239,7 @@ def test_inspect_crops_what_animate_crops_and_crop_enters_the_fingerprint(
     digests = {
         mode: job_fingerprint(
             type(spec)(spec.portrait, spec.driving, spec.output, spec.options.replace(crop=mode)),
-            Path(spec.options.model),
+            spec.options.model,
         )["digest"]
         for mode in ("auto", "on", "off")
     }

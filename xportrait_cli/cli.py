@@ -68,7 +68,7 @@ def _option(name: str, *decls: str, **extra: object) -> typer.models.OptionInfo:
 def animate_command(
     portrait: Annotated[Path, typer.Argument(help="Portrait image (PNG, JPEG, WebP, ...).")],
     driving: Annotated[Path, typer.Argument(help="Driving video (or a single image).")],
-    model: Annotated[str | None, _option("model")] = None,
+    model: Annotated[Path | None, _option("model")] = None,
     model_config: Annotated[Path | None, _option("model_config")] = None,
     start: Annotated[int | None, _option("start")] = None,
     frames: Annotated[int | None, _option("frames")] = None,

@@ -53,14 +53,14 @@ class AnimateOptions:
     value. Paths are stored as :class:`~pathlib.Path` (``~`` expanded), ``reference`` as a tuple.
     """
 
-    model: str | None = option(
+    model: Path | None = option(
         None,
         "X-Portrait weights: the official .th or .safetensors, a folder made by `xportrait convert`, "
         "or a Hugging Face repo id of one; default: the weights cache.",
         flag="--model",
         envvar="XPORTRAIT_MODEL",
-        coerce=checks.optional(checks.path_or_repo),
-        path="local_or_hub",
+        coerce=checks.optional(checks.as_path),
+        path="file_or_hub",
         panel=INPUTS,
     )
     model_config: Path | None = option(

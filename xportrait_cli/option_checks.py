@@ -26,6 +26,7 @@ from xportrait_cli.pipeline.timesteps import (
     is_valid_step_count,
     nearest_valid_step_counts,
 )
+from xportrait_cli.weights.registry import looks_like_repo_id
 
 #: ``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -236,9 +237,17 @@ def anchor(path: Path, base: Path) -> Path:
     return Path(os.path.normpath(path if path.is_absolute() else Path(base).absolute() / path))
 
 
-def local_or_hub(value: str, base: Path) -> str:
-    """A relative ``value`` (``lora``, ``model``) that names an existing file or folder under
-    ``base`` becomes that absolute path; anything else (absolute paths, Hugging Face repo ids) is
-    kept as written."""
-    candidate = base / value
-    return str(candidate) if not Path(value).is_absolute() and candidate.exists() else value
+def local_or_hub(lora: str, base: Path) -> str:
+    """A relative ``lora`` that names an existing file or folder under ``base`` becomes that absolute
+    path; anything else (absolute paths, Hugging Face repo ids) is kept as written."""
+    candidate = base / lora
+    return str(candidate) if not Path(lora).is_absolute() and candidate.exists() else lora
+
+
+def file_or_hub(model: Path, base: Path) -> Path:
+    """``model`` anchored at ``base`` as a file (:func:`anchor`), unless it reads as a Hugging Face
+    repo id (``org/name``, :func:`~xportrait_cli.weights.registry.looks_like_repo_id`) and names
+    nothing under ``base``: then it is kept as written."""
+    if not model.is_absolute() and not (base / model).exists() and looks_like_repo_id(model):
+        return model
+    return anchor(model, base)

@@ -24,7 +24,7 @@ def input_files(spec: JobSpec) -> list[tuple[str, Path]]:
     inputs = [("portrait", spec.portrait), ("driving video", spec.driving)]
     inputs += [("reference portrait", r) for r in opts.reference]
     if opts.model is not None and not looks_like_repo_id(opts.model):  # a repo id is fetched later
-        inputs.append(("model", Path(opts.model)))
+        inputs.append(("model", opts.model))
     inputs += [("model config", opts.model_config)] if opts.model_config is not None else []
     inputs += [("init video", opts.init_video)] if opts.init_video is not None else []
     return inputs

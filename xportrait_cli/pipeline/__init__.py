@@ -12,7 +12,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submod_attrs={
         "frames": ["ConditioningFrames", "TensorFrames"],
         "loading": ["check_folder", "check_format", "convert_checkpoint", "load_pipeline"],
-        "pipeline_xportrait": ["XPortraitPipeline", "XPortraitPipelineOutput"],
+        "output": ["XPortraitPipelineOutput"],
+        "pipeline_xportrait": ["XPortraitPipeline"],
         "randomness": ["RandomDraws"],
     },
 )

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +40,7 @@ from xportrait_cli.pipeline.frames import ConditioningFrames, InitFrames
 from xportrait_cli.pipeline.guidance import CONTROL_MODES, check_interval
 from xportrait_cli.pipeline.memory import release_cached_memory
 from xportrait_cli.pipeline.network_calls import NetworkCallsMixin
+from xportrait_cli.pipeline.output import XPortraitPipelineOutput, to_uint8
 from xportrait_cli.pipeline.randomness import RandomDraws
 from xportrait_cli.pipeline.schedule import make_sampler, q_sample_coefficients, sampling_timesteps
 from xportrait_cli.pipeline.timesteps import NUM_TRAIN_TIMESTEPS
@@ -51,34 +51,6 @@ log = logging.getLogger(__name__)
 StepCallback = Callable[["XPortraitPipeline", int, int, dict[str, Any]], "dict[str, Any] | None"]
 #: The noisiest timestep, where the initial latents are made (official ``q_sample`` at ``t = 999``).
 LAST_TIMESTEP = NUM_TRAIN_TIMESTEPS - 1
-
-
-@dataclass
-class XPortraitPipelineOutput:
-    """Result of :meth:`XPortraitPipeline.__call__`.
-
-    Attributes:
-        latents: final latents ``(N, 4, h, w)`` float32 (or the latents after the last completed step
-            when interrupted).
-        frames: decoded frames ``(N, S, S, 3)`` uint8 RGB when ``output_type="uint8"``, else None.
-        steps_done: denoising steps completed in total (including those before ``start_step``).
-        interrupted: True when a callback stopped the run early.
-        timesteps: every timestep of the run's schedule, in sampling order (``len(timesteps)`` steps
-            in all, e.g. 31 for ``num_inference_steps=30``), including those not run.
-    """
-
-    latents: torch.Tensor
-    frames: np.ndarray | None = None
-    steps_done: int = 0
-    interrupted: bool = False
-    timesteps: list[int] = field(default_factory=list)
-
-
-def to_uint8(decoded: torch.Tensor) -> np.ndarray:
-    """``(n, 3, S, S)`` in [-1, 1] → ``(n, S, S, 3)`` uint8, as the official ``img_as_ubyte((x+1)/2)``
-    (x·255 in float32, round half to even, clip)."""
-    x = ((decoded.float().clamp(-1, 1) + 1) / 2 * 255).round().clamp(0, 255)
-    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 class XPortraitPipeline(NetworkCallsMixin, WindowDenoisingMixin, DiffusionPipeline):
@@ -126,8 +98,8 @@ class XPortraitPipeline(NetworkCallsMixin, WindowDenoisingMixin, DiffusionPipeli
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> XPortraitPipeline:
-        """diffusers' ``from_pretrained`` (a folder or a hub repo id of one; ``torch_dtype``,
-        ``device_map``, ...), after checking the folder's format and every component's tensor keys
+        """diffusers' ``from_pretrained`` (a folder or a hub repo id of one; ``dtype``, ``device_map``,
+        ...), after checking the folder's format and every component's tensor keys
         and shapes (:func:`.loading.check_folder`; diffusers only warns on unexpected ones).
 
         Raises:
@@ -136,11 +108,9 @@ class XPortraitPipeline(NetworkCallsMixin, WindowDenoisingMixin, DiffusionPipeli
         """
         from xportrait_cli.pipeline.loading import check_folder, resolve_folder
 
-        hub = {k: kwargs[k] for k in ("revision", "token", "cache_dir") if k in kwargs}
+        hub = {k: kwargs.pop(k) for k in ("revision", "token", "cache_dir") if k in kwargs}
         folder = resolve_folder(pretrained_model_name_or_path, **hub)
         check_folder(folder)
-        for key in hub:
-            kwargs.pop(key)
         return super().from_pretrained(folder, **kwargs)
 
     # 1. Check inputs
