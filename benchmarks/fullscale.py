@@ -92,7 +92,7 @@ class MemorySampler:
             finally:
                 seconds = time.perf_counter() - start
                 self._sample()
-                self._windows.remove(window)
+                self._windows = [w for w in self._windows if w is not window]  # nested calls: by identity
                 record[label] = {
                     "seconds": seconds,
                     "peak_anon_bytes": window["anon"],
