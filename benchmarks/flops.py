@@ -49,10 +49,10 @@ def meta_state_dict(path: Path = KEYS_TSV) -> dict[str, torch.Tensor]:
 
 
 def meta_networks():
-    """The full-size :class:`XPortraitNetworks` on the meta device (no memory)."""
-    from xportrait_cli.models import load_networks
+    """The full-size :class:`XPortraitPipeline` on the meta device (no memory)."""
+    from xportrait_cli.pipeline import load_pipeline
 
-    return load_networks(meta_state_dict(), device="meta")
+    return load_pipeline(meta_state_dict(), device="meta")
 
 
 def count_flops(fn) -> int:
@@ -84,7 +84,9 @@ def component_flops(networks, size: int = 512, window: int = 16) -> dict[str, fl
         "reference_1": count_flops(lambda: nets.record_reference(x[:1], t[:1])),
         "controlnets_16": count_flops(lambda: nets.controlnet_residuals(x, t, hint, hint)),
         "hint_encoders_16": count_flops(
-            lambda: [c.controlnet_cond_embedding(hint) for c in (nets.pose_controlnet, nets.local_controlnet)]
+            lambda: [
+                c.controlnet_cond_embedding(hint) for c in (nets.global_controlnet, nets.local_controlnet)
+            ]
         ),
         "unet_cond_bank16": count_flops(
             lambda: nets.predict_noise(x, t, window_length=window, bank=bank16, residuals=residuals)
@@ -172,8 +174,7 @@ def run(frames: list[int] = (60, 1000), steps: int = 30, num_mix: int = 4, size:
     }
     per_n = {str(n): schedule_flops(comp, n, ddim_steps, num_mix) for n in frames}
     params = {
-        name: sum(p.numel() for p in getattr(networks, name).parameters())
-        for name in ("unet", "reference_unet", "pose_controlnet", "local_controlnet", "vae")
+        name: sum(p.numel() for p in getattr(networks, name).parameters()) for name in networks.OFFLOADED
     }
     return {
         "size": size,

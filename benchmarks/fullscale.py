@@ -92,7 +92,7 @@ class MemorySampler:
             finally:
                 seconds = time.perf_counter() - start
                 self._sample()
-                self._windows.remove(window)
+                self._windows = [w for w in self._windows if w is not window]  # nested calls: by identity
                 record[label] = {
                     "seconds": seconds,
                     "peak_anon_bytes": window["anon"],
@@ -116,9 +116,10 @@ def measured_targets() -> list[tuple[object, str]]:
     load of the networks, and the cache class whose ``place`` puts them on the device (a test checks
     that they still exist, so a rename in the package cannot silently break the benchmark)."""
     from xportrait_cli.jobs import networks
+    from xportrait_cli.pipeline import loading
     from xportrait_cli.weights import download
 
-    return [(download, "_convert"), (networks, "load_networks"), (networks.NetworksCache, "place")]
+    return [(download, "_convert"), (loading, "load_pipeline"), (networks.NetworksCache, "place")]
 
 
 def child(result: Path, argv: list[str]) -> None:
@@ -136,9 +137,13 @@ def child(result: Path, argv: list[str]) -> None:
 
     def placed(cache, offload):
         networks = place(cache, offload)
-        if networks.device.type == "cuda":
+        if networks._execution_device.type == "cuda":
             record["cuda_max_memory_allocated_after_place"] = torch.cuda.max_memory_allocated()
-        record["weight_bytes"] = sum(t.numel() * t.element_size() for t in networks.parameters())
+        record["weight_bytes"] = sum(
+            t.numel() * t.element_size()
+            for name in networks.OFFLOADED
+            for t in getattr(networks, name).parameters()
+        )
         return networks
 
     cache_class.place = placed

@@ -40,26 +40,25 @@ WINDOW = 16
 
 def stock_copies(networks) -> tuple[UNet2DConditionModel, ControlNetModel]:
     """Stock diffusers UNet and ControlNet of our configs, sharing our weights (no copy)."""
-    arch = networks.architecture
-    device = networks.context.device
+    device = networks.unet.device
     with torch.device("meta"):
-        unet = UNet2DConditionModel(**arch.unet)
-        controlnet = ControlNetModel(**arch.controlnet)
+        unet = UNet2DConditionModel.from_config(networks.unet.unet.config)
+        controlnet = ControlNetModel.from_config(networks.global_controlnet.config)
     if device.type != "meta":
         unet.load_state_dict(networks.unet.unet.state_dict(), assign=True)
-        controlnet.load_state_dict(networks.pose_controlnet.state_dict(), assign=True)
+        controlnet.load_state_dict(networks.global_controlnet.state_dict(), assign=True)
     return unet.eval().requires_grad_(False), controlnet.eval().requires_grad_(False)
 
 
 def calls(networks, stock_unet, stock_controlnet, size: int) -> dict[str, tuple]:
     """``{network: (ours(), stock())}`` for one window at ``size``² on the networks' device."""
-    device, dtype = networks.context.device, networks.context.dtype
+    device, dtype = networks.unet.device, networks.unet.dtype
     gen = torch.Generator().manual_seed(0)
     side = size // 8
     x = torch.randn(WINDOW, 4, side, side, generator=gen).to(device, dtype)
     hint = (torch.rand(WINDOW, 3, size, size, generator=gen) * 2 - 1).to(device, dtype)
     t = torch.full((WINDOW,), 501, device=device)
-    context = networks.context.expand(WINDOW, -1, -1)
+    context = networks.unet.empty_prompt_embeds.expand(WINDOW, -1, -1)
 
     def stock_unet_call():
         return stock_unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
@@ -69,7 +68,7 @@ def calls(networks, stock_unet, stock_controlnet, size: int) -> dict[str, tuple]
             stock_controlnet(x, t, encoder_hidden_states=context, controlnet_cond=h, return_dict=False)
 
     return {
-        "unet": (lambda: networks.unet(x, t, networks.context, window_length=WINDOW), stock_unet_call),
+        "unet": (lambda: networks.unet(x, t, window_length=WINDOW), stock_unet_call),
         "controlnet": (lambda: networks.controlnet_residuals(x, t, hint, hint), stock_controlnets),
         "reference": (lambda: networks.record_reference(x, t), stock_unet_call),
     }
@@ -137,9 +136,9 @@ def time_size(networks, stock, size: int, repeats: int, profile: bool, flops_of=
 
 def run(folder: Path, sizes: list[int], repeats: int = 3, profile: bool = False) -> dict:
     """Load ``folder`` in fp32 on the CPU and time every network at every size."""
-    from xportrait_cli.models import load_networks
+    from xportrait_cli.pipeline import load_pipeline
 
-    networks = load_networks(folder, dtype=torch.float32)
+    networks = load_pipeline(folder, dtype=torch.float32)
     stock = stock_copies(networks)
     return {
         "threads": torch.get_num_threads(),

@@ -89,23 +89,26 @@ def peak_tflops(name: str) -> float | None:
 
 def build_networks(device: torch.device, dtype: torch.dtype, smoke: bool):
     """Full-size networks with seeded random weights on ``device`` (``smoke``: the tiny golden model)."""
-    from xportrait_cli.models import load_networks
+    from xportrait_cli.pipeline import XPortraitPipeline, load_pipeline
 
     if smoke:
-        return load_networks(
+        return load_pipeline(
             GOLDEN / "tiny_xportrait.th", config=GOLDEN / "tiny_config.yaml", device=device, dtype=dtype
         )
     from flops import meta_state_dict
 
     from xportrait_cli.models import build_architecture
-    from xportrait_cli.models.networks import XPortraitNetworks
+    from xportrait_cli.models.loading import build_components
+    from xportrait_cli.pipeline.schedule import official_scheduler
 
     architecture = build_architecture(meta_state_dict())
     torch.manual_seed(0)
     with torch.device(device):
-        networks = XPortraitNetworks(architecture)
-    networks.context.normal_()  # stands in for the CLIP embedding of ""
-    return networks.to(dtype).eval().requires_grad_(False)
+        components = build_components(architecture)
+    components["unet"].empty_prompt_embeds.normal_()  # stands in for the CLIP embedding of ""
+    for module in components.values():
+        module.to(dtype).eval().requires_grad_(False)
+    return XPortraitPipeline(**components, scheduler=official_scheduler())
 
 
 def random_inputs(frames: int, size: int, seed: int = 0):
@@ -130,7 +133,7 @@ def compile_blocks(networks) -> None:
 
     from xportrait_cli.models.motion_module import TemporalModule
 
-    for module in networks.modules():
+    for module in (m for name in networks.OFFLOADED for m in getattr(networks, name).modules()):
         if isinstance(module, ResnetBlock2D | BasicTransformerBlock | TemporalModule):
             module.compile(dynamic=False)
 
@@ -186,7 +189,6 @@ def _peak_gb(device: torch.device) -> float | None:
 
 def run_setting(setting: str, args, device: torch.device, state: dict) -> dict:
     """Warm up, then time one denoising run of ``args.frames`` frames under ``setting``."""
-    from xportrait_cli.pipeline import XPortraitPipeline
     from xportrait_cli.pipeline.memory import ModelSize, estimate_peak
     from xportrait_cli.pipeline.timesteps import official_timesteps
 
@@ -199,7 +201,8 @@ def run_setting(setting: str, args, device: torch.device, state: dict) -> dict:
         _reset_peak(device)
         networks = build_networks(device, dtype, args.smoke)
         if setting == "channels_last":
-            networks.to(memory_format=torch.channels_last)
+            for name in networks.OFFLOADED:
+                getattr(networks, name).to(memory_format=torch.channels_last)
         if setting == "compile":
             compile_blocks(networks)
         state["networks"], state["key"] = networks, key
@@ -207,7 +210,7 @@ def run_setting(setting: str, args, device: torch.device, state: dict) -> dict:
     if setting == "offload":
         networks.enable_offload(device)
         torch.cuda.empty_cache()
-    pipe = XPortraitPipeline(networks)
+    pipe = networks
     source, frames = state["inputs"]
     backend = setting.removeprefix("sdpa_") if setting.startswith("sdpa_") else None
     kwargs = dict(
@@ -255,9 +258,7 @@ def run_setting(setting: str, args, device: torch.device, state: dict) -> dict:
 
 def run_decode(chunk: int, args, device: torch.device, state: dict) -> dict:
     """Seconds per frame and peak VRAM of decoding the N latents ``chunk`` frames at a time."""
-    from xportrait_cli.pipeline import XPortraitPipeline
-
-    pipe = XPortraitPipeline(state["networks"])
+    pipe = state["networks"]
     latents = state["latents"]
     for _ in pipe.decode_latents(latents[:chunk], chunk):  # warm-up
         pass

@@ -27,8 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from xportrait_cli.models import load_networks  # noqa: E402
-from xportrait_cli.pipeline import TensorFrames, XPortraitPipeline  # noqa: E402
+from xportrait_cli.pipeline import TensorFrames, load_pipeline  # noqa: E402
 
 
 def shared_dir() -> Path:
@@ -41,8 +40,7 @@ def run(frames: int = 20, steps: int = 4, repeats: int = 3, device: str = "cpu",
     tensors = load_file(str(golden / "case_a.safetensors"))
     take = [i % tensors["inputs/conditions"].shape[0] for i in range(frames)]
     hints = TensorFrames(tensors["inputs/conditions"][take], tensors["inputs/local"][take])
-    networks = load_networks(golden / "tiny_xportrait.th", config=golden / "tiny_config.yaml", device=device)
-    pipe = XPortraitPipeline(networks)
+    pipe = load_pipeline(golden / "tiny_xportrait.th", config=golden / "tiny_config.yaml", device=device)
     settings = {
         "guidance 5": {"guidance_scale": 5.0},
         "guidance 1": {"guidance_scale": 1.0},

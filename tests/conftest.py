@@ -54,11 +54,11 @@ def tiny_state_dict(golden: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
-def tiny_networks(golden: Path, tiny_config: Path):
-    """The golden tiny model loaded in fp32 on the CPU (shared: tests must not modify its weights)."""
-    from xportrait_cli.models import load_networks
+def tiny_pipe(golden: Path, tiny_config: Path):
+    """The golden tiny model's pipeline in fp32 on the CPU (shared: tests must not modify its weights)."""
+    from xportrait_cli.pipeline import load_pipeline
 
-    return load_networks(golden / "tiny_xportrait.th", config=tiny_config)
+    return load_pipeline(golden / "tiny_xportrait.th", config=tiny_config)
 
 
 def cli_env(cwd: Path) -> dict:

@@ -6,7 +6,8 @@ Serves, for every ``repo_id`` registered in :attr:`FakeHub.files`:
   ``X-Linked-Etag`` (the SHA-256 for LFS files, as the Hub does) and ``X-Linked-Size`` (what
   huggingface_hub 2.x reads), ``Range: bytes=N-`` support (206), ``X-Error-Code`` 404s for missing
   files (``EntryNotFound``) and revisions (``RevisionNotFound``);
-* ``GET /api/models/<org>/<repo>`` with the commit ``sha``;
+* ``GET /api/models/<org>/<repo>`` with the commit ``sha``, and ``/api/models/<org>/<repo>/tree/<rev>``
+  listing every file (what ``snapshot_download`` reads);
 * ``HEAD``/``GET /mirror/<name>`` for plain files (the landmark weights' mirror), with Range support.
 
 Failure modes: :attr:`FakeHub.wrong_sha` advertises a different SHA-256 than the content has;
@@ -69,6 +70,11 @@ class FakeHub:
 
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 _API = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)(/revision/(?P<rev>[^/]+))?$")
+_TREE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)$")
+
+
+def _size(content: bytes | Path) -> int:
+    return len(content) if isinstance(content, bytes) else content.stat().st_size
 
 
 def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
@@ -91,7 +97,7 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
 
         def _serve(self, key: str, content: bytes | Path, *, hub_headers: bool) -> None:
-            size = len(content) if isinstance(content, bytes) else content.stat().st_size
+            size = _size(content)
             sha = hub.sha(content)
             if key in hub.wrong_sha:
                 sha = hashlib.sha256(sha.encode()).hexdigest()
@@ -145,6 +151,15 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                     self.wfile.write(block)
                     count -= len(block)
 
+        def _send_json(self, data: object) -> None:
+            body = json.dumps(data).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
         def _handle(self) -> None:
             path = self.path.split("?", 1)[0]
             hub.requests.append((self.command, path, self.headers.get("Range")))
@@ -154,17 +169,19 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 if name not in hub.mirror:
                     return self._send_error(404)
                 return self._serve(path, hub.mirror[name], hub_headers=False)
+            if match := _TREE.match(path):
+                if match["repo"] not in hub.files:
+                    return self._send_error(404, "RepoNotFound")
+                return self._send_json(
+                    [
+                        {"type": "file", "path": name, "size": _size(content), "oid": hub.sha(content)}
+                        for name, content in sorted(hub.files[match["repo"]].items())
+                    ]
+                )
             if match := _API.match(path):
                 if match["repo"] not in hub.files:
                     return self._send_error(404, "RepoNotFound")
-                body = json.dumps({"id": match["repo"], "sha": hub.commit}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-                return None
+                return self._send_json({"id": match["repo"], "sha": hub.commit})
             if match := _RESOLVE.match(path):
                 repo, rev, file = match["repo"], match["rev"], match["path"]
                 if repo not in hub.files:

@@ -28,8 +28,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from xportrait_cli.models import load_networks
-from xportrait_cli.pipeline import RandomDraws, TensorFrames, XPortraitPipeline
+from xportrait_cli.pipeline import RandomDraws, TensorFrames, XPortraitPipeline, load_pipeline
 from xportrait_cli.pipeline.schedule import alphas_cumprod, q_sample_coefficients
 from xportrait_cli.pipeline.windows import window_plan
 
@@ -67,20 +66,20 @@ class Report:
         return all(c["ok"] for c in self.checks.values())
 
 
-def component_checks(networks, tensors: dict, atol: float, report: Report) -> None:
+def component_checks(pipe: XPortraitPipeline, tensors: dict, atol: float, report: Report) -> None:
     """Each network alone, at official module level (components a, b, b_local, c, c2, d)."""
     has = tensors.__contains__
     if has("text/context"):
-        report.add("text/context", networks.context, tensors["text/context"], atol)
+        report.add("text/context", pipe.unet.empty_prompt_embeds, tensors["text/context"], atol)
     with torch.no_grad():
         if has("comp_a/eps"):
-            eps = networks.predict_noise(
+            eps = pipe.predict_noise(
                 tensors["comp_a/x"], tensors["comp_a/t"], window_length=tensors["comp_a/x"].shape[0]
             )
             report.add("comp_a/eps", eps, tensors["comp_a/eps"], atol)
         for name, controlnet in (
-            ("comp_b", networks.pose_controlnet),
-            ("comp_b_local", networks.local_controlnet),
+            ("comp_b", pipe.global_controlnet),
+            ("comp_b_local", pipe.local_controlnet),
         ):
             if not has(f"{name}/out_00"):
                 continue
@@ -88,7 +87,7 @@ def component_checks(networks, tensors: dict, atol: float, report: Report) -> No
             down, mid = controlnet(
                 x,
                 t,
-                encoder_hidden_states=networks.context.expand(x.shape[0], -1, -1),
+                encoder_hidden_states=pipe.prompt_embeds.expand(x.shape[0], -1, -1),
                 controlnet_cond=tensors[f"{name}/hint"],
                 return_dict=False,
             )
@@ -96,42 +95,41 @@ def component_checks(networks, tensors: dict, atol: float, report: Report) -> No
                 report.add(f"{name}/out_{i:02d}", out, tensors[f"{name}/out_{i:02d}"], atol)
         if has("comp_c/eps"):
             x, ref, t = tensors["comp_c/x"], tensors["comp_c/ref"], tensors["comp_c/t"]
-            bank = networks.record_reference(ref, t)
+            bank = pipe.record_reference(ref, t)
             for i, tokens in enumerate(bank.tokens):
                 if has(f"comp_c/bank_{i:02d}"):
                     report.add(f"comp_c/bank_{i:02d}", tokens, tensors[f"comp_c/bank_{i:02d}"], atol)
-            eps = networks.predict_noise(x, t, window_length=x.shape[0], bank=bank)
+            eps = pipe.predict_noise(x, t, window_length=x.shape[0], bank=bank)
             report.add("comp_c/eps", eps, tensors["comp_c/eps"], atol)
             if has("comp_c2/eps"):
-                residuals = networks.controlnet_residuals(
-                    x, t, tensors["comp_c2/hint"], tensors["comp_c2/local"]
-                )
-                eps = networks.predict_noise(x, t, window_length=x.shape[0], bank=bank, residuals=residuals)
+                residuals = pipe.controlnet_residuals(x, t, tensors["comp_c2/hint"], tensors["comp_c2/local"])
+                eps = pipe.predict_noise(x, t, window_length=x.shape[0], bank=bank, residuals=residuals)
                 report.add("comp_c2/eps", eps, tensors["comp_c2/eps"], atol)
         if has("comp_d/image"):
-            posterior = networks.vae.encode(tensors["comp_d/image"]).latent_dist
+            posterior = pipe.vae.encode(tensors["comp_d/image"]).latent_dist
             report.add("comp_d/posterior_mean", posterior.mean, tensors["comp_d/posterior_mean"], atol)
             report.add("comp_d/posterior_logvar", posterior.logvar, tensors["comp_d/posterior_logvar"], atol)
             report.add("comp_d/posterior_std", posterior.std, tensors["comp_d/posterior_std"], atol)
             report.add(
                 "comp_d/decoded",
-                networks.vae.decode(tensors["comp_d/z"]).sample,
+                pipe.vae.decode(tensors["comp_d/z"]).sample,
                 tensors["comp_d/decoded"],
                 atol,
             )
-            z = tensors["comp_d/z_scaled"] / networks.scale_factor
+            z = tensors["comp_d/z_scaled"] / pipe.scale_factor
             report.add(
                 "comp_d/decode_first_stage",
-                networks.vae.decode(z).sample,
+                pipe.vae.decode(z).sample,
                 tensors["comp_d/decode_first_stage"],
                 atol,
             )
 
 
-def end_to_end_checks(networks, case: dict, tensors: dict, batch_guidance: bool, report: Report) -> None:
+def end_to_end_checks(
+    pipe: XPortraitPipeline, case: dict, tensors: dict, batch_guidance: bool, report: Report
+) -> None:
     """The sampler with the case's injected randomness, checked after every step and at the end."""
     acc = case["acceptance"]
-    pipe = XPortraitPipeline(networks)
     steps = len(case["timesteps_in_sampling_order"])
     draws = RandomDraws(
         init_posterior_noise=tensors["rand/init_posterior_noise"],
@@ -158,7 +156,7 @@ def end_to_end_checks(networks, case: dict, tensors: dict, batch_guidance: bool,
         for name, value in (("mean", init_mean), ("std", init_std)):
             key = f"vae/init_posterior_{name}"
             report.add(key, value, tensors[key], acc["single_network_atol"])
-        z = networks.scale_factor * (init_mean + init_std * draws.init_posterior_noise)
+        z = pipe.scale_factor * (init_mean + init_std * draws.init_posterior_noise)
         report.add("lat/init_z", z, tensors["lat/init_z"], _latent_tol(acc, tensors["lat/init_z"]))
         x_t = pipe.prepare_latents(init_mean, init_std, draws, schedule)
     else:
@@ -184,7 +182,7 @@ def end_to_end_checks(networks, case: dict, tensors: dict, batch_guidance: bool,
 
     noised = not case.get("wonoise", True)
     if noised:
-        _check_noisy_references(networks, case, tensors, ref, acc, report)
+        _check_noisy_references(case, tensors, ref, acc, report)
     out = pipe(
         tensors["inputs/source"],
         frames,
@@ -205,7 +203,7 @@ def end_to_end_checks(networks, case: dict, tensors: dict, batch_guidance: bool,
     )
     with torch.no_grad():
         decoded = torch.cat(
-            [networks.vae.decode(z / networks.scale_factor).sample for z in out.latents.split(16)]
+            [pipe.vae.decode(z / pipe.scale_factor).sample for z in out.latents.split(16)]
         ).clamp(-1, 1)
     report.add("final/decoded", decoded, tensors["final/decoded"], acc["decoded_atol"])
     frames_u8 = torch.from_numpy(np.concatenate(list(pipe.decode_latents(out.latents, 16))))
@@ -248,7 +246,7 @@ def _reference_noise(case: dict, tensors: dict) -> dict[tuple[int, int], torch.T
     return found
 
 
-def _check_noisy_references(networks, case, tensors, ref, acc, report: Report) -> None:
+def _check_noisy_references(case, tensors, ref, acc, report: Report) -> None:
     """``step{K}/window{J}/ref_noisy`` = q_sample(ref_latents[indices], t) with the injected noise."""
     schedule = alphas_cumprod()
     for (k, j), noise in _reference_noise(case, tensors).items():
@@ -264,20 +262,27 @@ def _latent_tol(acceptance: dict, expected: torch.Tensor) -> float:
     return max(acceptance["latents_atol"], acceptance["latents_rtol_of_max"] * expected.abs().max().item())
 
 
-def run_case(case_path: Path, batch_guidance: bool = False, case: dict | None = None) -> dict:
+def run_case(
+    case_path: Path,
+    batch_guidance: bool = False,
+    case: dict | None = None,
+    pipe: XPortraitPipeline | None = None,
+) -> dict:
     """Run every check of one case file; returns the report as a JSON-able dict. ``case`` replaces
-    the file's JSON (tests change one option to show the checks catch it)."""
+    the file's JSON (tests change one option to show the checks catch it); ``pipe`` replaces the
+    case's checkpoint (e.g. a converted folder's pipeline)."""
     case_path = Path(case_path).resolve()
     case = case if case is not None else json.loads(case_path.read_text())
     tensors = load_file(str(case_path.parent / case["tensors_file"]))
     config = case.get("model_config")
-    networks = load_networks(
-        case_path.parent / case["checkpoint"], config=case_path.parent / config if config else None
-    )
+    if pipe is None:
+        pipe = load_pipeline(
+            case_path.parent / case["checkpoint"], config=case_path.parent / config if config else None
+        )
     report = Report()
-    component_checks(networks, tensors, case["acceptance"]["single_network_atol"], report)
+    component_checks(pipe, tensors, case["acceptance"]["single_network_atol"], report)
     if "step0/x_prev" in tensors:
-        end_to_end_checks(networks, case, tensors, batch_guidance, report)
+        end_to_end_checks(pipe, case, tensors, batch_guidance, report)
     return {"case": str(case_path), "ok": report.ok, "checks": report.checks}
 
 

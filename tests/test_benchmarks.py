@@ -36,10 +36,10 @@ def test_fullscale_wraps_functions_that_exist(bench):
         assert callable(getattr(owner, name, None)), f"{owner!r} has no {name}"
 
 
-def test_forward_overhead_on_the_tiny_model(bench, tiny_networks):
+def test_forward_overhead_on_the_tiny_model(bench, tiny_pipe):
     _, forward = bench
-    stock = forward.stock_copies(tiny_networks)
-    results = forward.time_size(tiny_networks, stock, 64, repeats=1, profile=False, flops_of=tiny_networks)
+    stock = forward.stock_copies(tiny_pipe)
+    results = forward.time_size(tiny_pipe, stock, 64, repeats=1, profile=False, flops_of=tiny_pipe)
     assert set(results) == {"unet", "controlnet", "reference"}
     for name, r in results.items():
         assert r["flops_ours"] > 0 and r["flops_stock"] > 0, name

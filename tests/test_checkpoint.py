@@ -9,11 +9,19 @@ import torch
 from safetensors.torch import save_file
 
 from xportrait_cli.errors import CheckpointError, InputError
-from xportrait_cli.models import build_architecture, convert_checkpoint, is_converted, load_networks
+from xportrait_cli.models import build_architecture, components_from_checkpoint
 from xportrait_cli.models.convert import IGNORED, convert_official_state_dict
+from xportrait_cli.models.loading import prefixed_state_dict
+from xportrait_cli.pipeline import convert_checkpoint, load_pipeline
+from xportrait_cli.weights.registry import is_converted
 
 CLIP5 = "cond_stage_model.transformer."
 CLIP4 = "cond_stage_model.transformer.text_model."
+
+
+def pipe_state(pipe) -> dict[str, torch.Tensor]:
+    """Every network's tensors of a pipeline, under ``<component>.``."""
+    return prefixed_state_dict({k: v for k, v in pipe.components.items() if isinstance(v, torch.nn.Module)})
 
 
 def full_scale_meta_state_dict(shared, clip_spelling: str) -> dict[str, torch.Tensor]:
@@ -47,8 +55,9 @@ def test_full_scale_keys_all_land_with_matching_shapes(shared, clip_spelling):
     assert len(ignored) == 13 + 16 + (clip_spelling == "4.30")  # schedule, unused hint block, position_ids
     assert len(converted) + len(ignored) == len(state_dict)  # every other key converted, one to one
 
-    networks = load_networks(state_dict, device="meta")  # strict: keys and shapes of every network
-    params = sum(v.numel() for k, v in networks.state_dict().items() if k != "context")
+    components = components_from_checkpoint(state_dict, device="meta")  # strict: every key and shape
+    embeds = "unet.empty_prompt_embeds"
+    params = sum(v.numel() for k, v in prefixed_state_dict(components).items() if k != embeds)
     clip = sum(v.numel() for k, v in converted.items() if k.startswith("text_encoder."))
     hint_block = sum(state_dict[k].numel() for k in ignored if "input_hint_block" in k)
     schedule = 13 * 1000
@@ -58,7 +67,7 @@ def test_full_scale_keys_all_land_with_matching_shapes(shared, clip_spelling):
 def test_wrong_prefix_is_an_error_naming_the_keys(tiny_state_dict):
     bad = {("module." + k): v for k, v in tiny_state_dict.items()}
     with pytest.raises(CheckpointError, match="model.diffusion_model.input_blocks.0.0.weight"):
-        load_networks(bad)
+        load_pipeline(bad)
 
 
 def test_unknown_key_is_named(tiny_state_dict, tiny_config):
@@ -67,13 +76,13 @@ def test_unknown_key_is_named(tiny_state_dict, tiny_config):
     with pytest.raises(
         CheckpointError, match="1 checkpoint tensors match no network: model.diffusion_model.extra_head"
     ):
-        load_networks(extra, config=tiny_config)
+        load_pipeline(extra, config=tiny_config)
 
 
 def test_missing_key_is_named(tiny_state_dict, tiny_config):
     partial = {k: v for k, v in tiny_state_dict.items() if "output_blocks_motion_module.3." not in k}
     with pytest.raises(CheckpointError, match=r"missing: .*unet.up_motion_modules.3"):
-        load_networks(partial, config=tiny_config)
+        load_pipeline(partial, config=tiny_config)
 
 
 def test_wrong_shape_is_named(tiny_state_dict, tiny_config):
@@ -81,26 +90,26 @@ def test_wrong_shape_is_named(tiny_state_dict, tiny_config):
     key = "local_pose_control_model.zero_convs.0.0.weight"
     broken[key] = torch.zeros(broken[key].shape[0], broken[key].shape[1] + 1, 1, 1)
     with pytest.raises(CheckpointError, match="local_controlnet.controlnet_down_blocks.0.weight"):
-        load_networks(broken, config=tiny_config)
+        load_pipeline(broken, config=tiny_config)
 
 
 def test_bare_dict_safetensors_and_converted_folder_match_the_pickle(
     tmp_path, golden, tiny_state_dict, tiny_config
 ):
-    reference = load_networks(golden / "tiny_xportrait.th", config=tiny_config)
-    assert all(p.dtype == torch.float32 for p in reference.parameters())  # fp16 storage upcast
+    reference = load_pipeline(golden / "tiny_xportrait.th", config=tiny_config)
+    assert all(p.dtype == torch.float32 for p in reference.unet.parameters())  # fp16 storage upcast
     path = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in tiny_state_dict.items()}, str(path))
-    from_safetensors = load_networks(path, config=tiny_config)
-    from_bare = load_networks(dict(tiny_state_dict), config=tiny_config)
+    from_safetensors = load_pipeline(path, config=tiny_config)
+    from_bare = load_pipeline(dict(tiny_state_dict), config=tiny_config)
     folder = convert_checkpoint(
         golden / "tiny_xportrait.th", tmp_path / "converted", config=tiny_config, dtype=torch.float16
     )
     assert is_converted(folder) and not list(tmp_path.glob("*.incomplete"))
-    converted = load_networks(folder)
-    expected = reference.state_dict()
+    converted = load_pipeline(folder)
+    expected = pipe_state(reference)
     for other in (from_safetensors, from_bare, converted):
-        state = other.state_dict()
+        state = pipe_state(other)
         assert state.keys() == expected.keys()
         for key, value in expected.items():
             torch.testing.assert_close(state[key], value, atol=0, rtol=0)  # fp16-exact parameters
@@ -108,10 +117,10 @@ def test_bare_dict_safetensors_and_converted_folder_match_the_pickle(
 
 def test_unreadable_checkpoints_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="not found"):
-        load_networks(tmp_path / "missing.th")
+        load_pipeline(tmp_path / "missing.th")
     junk = tmp_path / "junk.th"
     junk.write_text("not a pickle")
     with pytest.raises(InputError, match="cannot be read as a checkpoint"):
-        load_networks(junk)
+        load_pipeline(junk)
     with pytest.raises(InputError, match="is a folder"):
-        load_networks(tmp_path)
+        load_pipeline(tmp_path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xportrait_cli.pipeline import TensorFrames, XPortraitPipeline
+from xportrait_cli.pipeline import TensorFrames
 from xportrait_cli.pipeline.control_residuals import ControlResiduals
 from xportrait_cli.pipeline.windows import window_plan
 
@@ -63,12 +63,12 @@ def case(golden):
     return load_file(str(golden / "case_a.safetensors"))
 
 
-def controlnet_batches(networks):
+def controlnet_batches(pipe):
     """Forward hooks recording the batch size of every ControlNet call (both ControlNets)."""
     sizes: list[int] = []
     hooks = [
         net.register_forward_hook(lambda _m, args, _out: sizes.append(args[0].shape[0]))
-        for net in (networks.pose_controlnet, networks.local_controlnet)
+        for net in (pipe.global_controlnet, pipe.local_controlnet)
     ]
     return sizes, hooks
 
@@ -76,15 +76,15 @@ def controlnet_batches(networks):
 @pytest.mark.parametrize("reference_mode", ["shared", "per-frame"])
 @pytest.mark.parametrize("batch_guidance", [False, True])
 def test_reuse_gives_the_same_eps_as_recomputing_and_skips_work(
-    tiny_networks, case, reference_mode, batch_guidance
+    tiny_pipe, case, reference_mode, batch_guidance
 ):
-    pipe = XPortraitPipeline(tiny_networks)
+    pipe = tiny_pipe
     frames = TensorFrames(case["inputs/conditions"], case["inputs/local"])  # N = 20: 2 windows a step
     n, steps = len(frames), 2
     results = {}
     for reuse in (False, True):
         eps: list[torch.Tensor] = []
-        sizes, hooks = controlnet_batches(tiny_networks)
+        sizes, hooks = controlnet_batches(pipe)
         try:
             out = pipe(
                 case["inputs/source"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import sys
 import typing
@@ -14,7 +15,7 @@ import torch
 from fakehub import FakeHub, FakeHubServer, file_sha256
 from typer.testing import CliRunner
 
-from xportrait_cli import cli
+from xportrait_cli import cli, cli_tools
 from xportrait_cli.errors import DownloadError, UsageError, WeightsMissingError
 from xportrait_cli.files import temp_path_for
 from xportrait_cli.weights import check, download, registry
@@ -310,15 +311,36 @@ def test_download_and_convert_golden_checkpoint(golden: Path, tmp_path: Path, mo
     folder = report["converted"].path
     assert report["converted"].status == "converted"
     assert folder.name == f"x-portrait-{fake.commit[:12]}-fp32"
-    assert (folder / "config.json").is_file()
+    assert (folder / "model_index.json").is_file() and (folder / "vae" / "config.json").is_file()
     assert "convert to fp32" in seen and "download checkpoint" in seen
     assert registry.default_model_path() == folder
     assert check.check_weights(landmarks=False, dtype="fp32").ok
     assert not check.check_weights(landmarks=False, dtype="fp16").ok
-    from xportrait_cli.models.loading import load_networks
+    from xportrait_cli.pipeline import XPortraitPipeline
 
-    networks = load_networks(folder, device="meta")
-    assert networks is not None
+    pipe = XPortraitPipeline.from_pretrained(folder)
+    assert pipe.unet.dtype == torch.float32
+
+
+def test_download_weights_converts_an_old_format_folder_again(
+    golden: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A folder of the old format (config.json + networks.safetensors) at the target is stale: it is
+    converted again into the new layout."""
+    monkeypatch.setenv("XPORTRAIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("XPORTRAIT_MODEL", raising=False)
+    fake = FakeHub(files={REPO_ID: {FILENAME: golden / "tiny_xportrait.th"}})
+    old = registry.converted_dir(registry.model_dir(), fake.commit, "fp32")
+    old.mkdir(parents=True)
+    (old / "config.json").write_text(json.dumps({"format": registry.OLD_FORMAT, "version": 1}))
+    (old / "networks.safetensors").write_bytes(b"old")
+    assert registry.is_old_format(old) and not registry.is_converted(old)
+    with FakeHubServer(fake) as running:
+        monkeypatch.setenv("HF_ENDPOINT", running.url)
+        report = download.download_weights(landmarks=False, dtype="fp32")
+    assert report["converted"].status == "converted" and report["converted"].path == old
+    assert registry.is_converted(old) and not (old / "networks.safetensors").exists()
 
 
 def test_cuda_default_dtype_is_the_downloaded_one() -> None:
@@ -334,8 +356,11 @@ def test_cuda_default_dtype_is_the_downloaded_one() -> None:
     assert names[resolve_dtype("auto", torch.device("cpu"))] == "fp32"
     for function in (download.download_weights, check.check_weights, download.run):
         assert inspect.signature(function).parameters["dtype"].default == registry.CUDA_DTYPE
-    assert inspect.signature(cli.download_weights_command).parameters["dtype"].default == registry.CUDA_DTYPE
-    hints = typing.get_type_hints(cli.download_weights_command, include_extras=True)
+    assert (
+        inspect.signature(cli_tools.download_weights_command).parameters["dtype"].default
+        == registry.CUDA_DTYPE
+    )
+    hints = typing.get_type_hints(cli_tools.download_weights_command, include_extras=True)
     (option,) = hints["dtype"].__metadata__
     assert "what animate runs on CUDA" in option.help
     assert f"{registry.CUDA_DTYPE} on CUDA" in help_text("dtype")
@@ -364,16 +389,16 @@ def test_dtype_names_are_one_map_checked_once(hub: FakeHub) -> None:
 
 def test_one_converted_folder_rule(tmp_path: Path) -> None:
     """`animate` (the loader) and `download-weights` (check, default model) ask the same question:
-    config.json and networks.safetensors, not any .safetensors."""
-    from xportrait_cli.models import loading
+    a model_index.json (diffusers' pipeline layout), not any config.json or .safetensors."""
+    from xportrait_cli.pipeline import loading
 
-    assert loading.is_converted is registry.is_converted
+    assert loading.registry.is_converted is registry.is_converted
     folder = tmp_path / "x-portrait-0123456789ab-fp16"
     folder.mkdir()
-    (folder / registry.CONVERTED_CONFIG).write_text("{}")
+    (folder / "config.json").write_text("{}")
     (folder / "other.safetensors").write_bytes(b"x")
-    assert not registry.is_converted(folder)
-    (folder / registry.CONVERTED_WEIGHTS).write_bytes(b"x")
+    assert not registry.is_converted(folder) and not registry.is_old_format(folder)
+    (folder / registry.MODEL_INDEX).write_text("{}")
     assert registry.is_converted(folder)
 
 

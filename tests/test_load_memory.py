@@ -21,7 +21,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from xportrait_cli.jobs.networks import NetworksCache
-from xportrait_cli.models import convert_checkpoint, load_networks
+from xportrait_cli.pipeline import convert_checkpoint, load_pipeline
+from xportrait_cli.pipeline.loading import COMPONENTS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -87,9 +88,13 @@ def _nbytes(tensors) -> list[int]:
     return [t.numel() * t.element_size() for t in tensors]
 
 
-def _weights(networks) -> tuple[int, int]:
+def _modules(pipe) -> list[torch.nn.Module]:
+    return [getattr(pipe, name) for name in COMPONENTS]
+
+
+def _weights(pipe) -> tuple[int, int]:
     """(bytes of every parameter and buffer, bytes of the largest one)."""
-    sizes = _nbytes(networks.state_dict().values())
+    sizes = _nbytes(t for m in _modules(pipe) for t in m.state_dict().values())
     return sum(sizes), max(sizes)
 
 
@@ -110,11 +115,13 @@ def test_loading_holds_one_copy_in_the_target_dtype(dtype: str, fp16_folder: Pat
         cache.place(offload=False)
     total, largest = _weights(networks)
     assert networks.dtype == DTYPES[dtype]
-    assert all(p.dtype == DTYPES[dtype] for p in networks.parameters())
+    assert all(p.dtype == DTYPES[dtype] for m in _modules(networks) for p in m.parameters())
     # peak: the target-dtype weights (when the folder's dtype is the target they stay mapped, and
     # only the buffers, stored in fp32, are cast) plus one tensor of slack; a staging copy in
     # another dtype would add a whole second model
-    copied = sum(_nbytes(networks.buffers())) if dtype == "fp16" else total
+    copied = sum(_nbytes(b for m in _modules(networks) for b in m.buffers())) if dtype == "fp16" else total
+    # the scheduler's schedule tables (DDIMScheduler: betas, alphas, ... ~20 kB) are not weights
+    copied += sum(_nbytes(t for t in vars(networks.scheduler).values() if isinstance(t, torch.Tensor)))
     assert tracker.peak <= copied + largest, (tracker.peak, total, largest)
     gc.collect()
     assert tracker.now <= copied, (tracker.now, total)  # and after: exactly one copy left alive
@@ -128,7 +135,7 @@ def test_loading_the_official_pickle_holds_one_copy(golden: Path, tiny_config: P
     gc.collect()
     tracker = LiveAllocations()
     with tracker:
-        networks = load_networks(golden / "tiny_xportrait.th", config=tiny_config, dtype=torch.bfloat16)
+        networks = load_pipeline(golden / "tiny_xportrait.th", config=tiny_config, dtype=torch.bfloat16)
     total, largest = _weights(networks)
     sd = torch.load(golden / "tiny_xportrait.th", mmap=True, weights_only=True)["state_dict"]
     clip = sum(4 * t.numel() for k, t in sd.items() if k.startswith("cond_stage_model."))

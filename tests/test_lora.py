@@ -18,8 +18,8 @@ from xportrait_cli import cli
 from xportrait_cli.errors import CheckpointError, InputError
 from xportrait_cli.jobs import run_job
 from xportrait_cli.jobs.fingerprint import job_fingerprint
-from xportrait_cli.models import load_networks
 from xportrait_cli.models.lora import LCM_LORA_REPO, LORA_FILENAME, load_lora, resolve_lora
+from xportrait_cli.pipeline import load_pipeline
 from xportrait_cli.pipeline.schedule import sampling_timesteps
 
 #: Layers of the tiny UNet the test LoRA adapts: self- and cross-attention projections and a
@@ -52,12 +52,12 @@ def make_lora(unet, path, rank: int = 4, extra: dict | None = None):
 @pytest.fixture
 def fresh_networks(golden, tiny_config):
     """A private copy of the tiny model (LoRA loading changes the UNet)."""
-    return load_networks(golden / "tiny_xportrait.th", config=tiny_config)
+    return load_pipeline(golden / "tiny_xportrait.th", config=tiny_config)
 
 
 @pytest.fixture(scope="module")
 def lora_file(golden, tmp_path_factory):
-    networks = load_networks(golden / "tiny_xportrait.th", config=golden / "tiny_config.yaml")
+    networks = load_pipeline(golden / "tiny_xportrait.th", config=golden / "tiny_config.yaml")
     return make_lora(networks.unet.unet, tmp_path_factory.mktemp("lora") / "tiny_lora.safetensors")
 
 

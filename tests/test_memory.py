@@ -13,21 +13,21 @@ import numpy as np
 import pytest
 import torch
 from conftest import decoded, tiny_spec
-from safetensors.torch import load_file
 from test_checkpoint import full_scale_meta_state_dict
 
 from xportrait_cli.errors import OutOfMemoryPlanError
 from xportrait_cli.events import Log
 from xportrait_cli.jobs import JobSpec, run_job
 from xportrait_cli.jobs.networks import NetworksCache, resolve_dtype
-from xportrait_cli.models import load_networks
-from xportrait_cli.pipeline import TensorFrames, XPortraitPipeline
+from xportrait_cli.pipeline import load_pipeline
 from xportrait_cli.pipeline.memory import GIB, MemoryPlan, ModelSize, estimate_peak, plan_memory
 
 
 @pytest.fixture(scope="module")
 def full_size(shared) -> ModelSize:
-    networks = load_networks(full_scale_meta_state_dict(shared, "5.x"), device="meta").to(torch.bfloat16)
+    networks = load_pipeline(full_scale_meta_state_dict(shared, "5.x"), device="meta").to(
+        dtype=torch.bfloat16
+    )
     return ModelSize.of(networks)
 
 
@@ -101,60 +101,16 @@ def test_fallback_ladder():
     assert steps == [(True, False, 4), (False, False, 4), (False, True, 2)]
 
 
-# --------------------------------------------------------------------------------------------------
-# Offloading on the golden tiny model
-# --------------------------------------------------------------------------------------------------
-
-
-def test_offloaded_networks_run_only_while_resident_and_give_the_same_latents(
-    golden, tiny_config, tiny_networks
-):
-    tensors = load_file(golden / "case_a.safetensors")
-    source = tensors["inputs/source"]
-    frames = TensorFrames(tensors["inputs/conditions"], tensors["inputs/local"])
-    args = dict(num_inference_steps=2, seed=3, output_type="latent")
-
-    expected = XPortraitPipeline(tiny_networks)(source, frames, **args).latents  # not offloaded
-
-    networks = load_networks(golden / "tiny_xportrait.th", config=tiny_config).enable_offload("cpu")
-    calls = []
-
-    def check(name):
-        def hook(_module, _args):
-            assert name in networks._resident, f"{name} ran while {networks._resident} were resident"
-            if not calls or calls[-1] != name:
-                calls.append(name)
-
-        return hook
-
-    for name in networks.OFFLOADED:  # every layer of every network checks that it is resident
-        for module in getattr(networks, name).modules():
-            if not list(module.children()):
-                module.register_forward_pre_hook(check(name))
-    pipe = XPortraitPipeline(networks)
-    latents = pipe(source, frames, **args).latents
-    assert torch.equal(latents, expected)
-    # encode, then per step: appearance net, then per window the ControlNets and the main UNet
-    assert calls[:5] == ["vae", "reference_unet", "pose_controlnet", "local_controlnet", "unet"]
-    assert calls.count("reference_unet") == 2  # once per step (shared reference)
-    list(pipe.decode_latents(latents[:2]))
-    assert networks._resident == ("vae",) and calls[-1] == "vae"
-    with pytest.raises(KeyError):
-        networks.use("text_encoder")
-    networks.disable_offload()
-    assert not networks.offloaded
-
-
-def test_decode_halves_its_chunk_when_out_of_memory(tiny_networks, caplog):
+def test_decode_halves_its_chunk_when_out_of_memory(tiny_pipe, caplog):
     latents = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    pipe = XPortraitPipeline(tiny_networks)
+    pipe = tiny_pipe
     expected = np.concatenate(list(pipe.decode_latents(latents, 1)))
 
     def too_big(_module, args):
         if args[0].shape[0] > 1:
             raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
 
-    handle = tiny_networks.vae.decoder.register_forward_pre_hook(too_big)
+    handle = tiny_pipe.vae.decoder.register_forward_pre_hook(too_big)
     try:
         with caplog.at_level(logging.WARNING):
             chunks = list(pipe.decode_latents(latents, 4))

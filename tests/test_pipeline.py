@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from xportrait_cli.pipeline import TensorFrames, XPortraitPipeline
+from xportrait_cli.pipeline import TensorFrames
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +16,8 @@ def case(golden):
 
 
 @pytest.fixture(scope="module")
-def pipe(tiny_networks):
-    return XPortraitPipeline(tiny_networks)
+def pipe(tiny_pipe):
+    return tiny_pipe
 
 
 def frames_of(case, n):
@@ -106,7 +106,7 @@ def test_batched_guidance_matches_separate_passes(pipe, case):
     torch.testing.assert_close(a.latents, b.latents, atol=1e-4, rtol=0)
 
 
-def test_extra_references_are_read(pipe, tiny_networks, case):
+def test_extra_references_are_read(pipe, case):
     source = case["inputs/source"]
     other = torch.flip(source, dims=[-1])
     latent = pipe.reference_latents(*pipe.encode_posterior(source), None)

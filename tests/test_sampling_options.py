@@ -17,7 +17,6 @@ from xportrait_cli.jobs import run_job
 from xportrait_cli.jobs.fingerprint import job_fingerprint
 from xportrait_cli.jobs.manifest import load_manifest
 from xportrait_cli.jobs.workdir import CHECKPOINT_NAME
-from xportrait_cli.models.networks import XPortraitNetworks
 from xportrait_cli.pipeline import XPortraitPipeline
 from xportrait_cli.pipeline.guidance import is_guided, step_position
 
@@ -64,7 +63,7 @@ def portrait_video(small_portrait, tmp_path_factory):
 
 
 def test_init_video_of_the_portrait_repeated_matches_a_run_without(
-    small_portrait, portrait_video, golden, media, tmp_path, tiny_networks
+    small_portrait, portrait_video, golden, media, tmp_path, tiny_pipe
 ):
     """Same draws by design; the init frames equal the portrait, so only the VAE's batch (16 frames
     instead of 1) rounds differently. No alignment (-2): dlib finds no face at 64 px."""
@@ -76,7 +75,7 @@ def test_init_video_of_the_portrait_repeated_matches_a_run_without(
     plain, init = run("plain"), run("init", init_video=portrait_video)
     error = (final_latents(plain) - final_latents(init)).abs().max().item()
     assert error < 2e-4, error  # measured 5.7e-5 (|x| <= 35), the one-thread batch-size floor of case A
-    pipe = XPortraitPipeline(tiny_networks)
+    pipe = tiny_pipe
     frames = [np.concatenate(list(pipe.decode_latents(final_latents(r), 4))) for r in (plain, init)]
     assert (
         np.abs(frames[0].astype(int) - frames[1].astype(int)).max() <= 1
@@ -141,13 +140,13 @@ def test_init_video_in_manifests_and_the_fingerprint(portrait_video, golden, med
 def count_unet_passes(monkeypatch) -> list[int]:
     """Count main-UNet calls and their batch rows: one entry (rows) per call."""
     calls: list[int] = []
-    original = XPortraitNetworks.predict_noise
+    original = XPortraitPipeline.predict_noise
 
     def counted(self, latents, *args, **kwargs):
         calls.append(latents.shape[0])
         return original(self, latents, *args, **kwargs)
 
-    monkeypatch.setattr(XPortraitNetworks, "predict_noise", counted)
+    monkeypatch.setattr(XPortraitPipeline, "predict_noise", counted)
     return calls
 
 

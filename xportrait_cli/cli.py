@@ -1,6 +1,8 @@
 """The ``xportrait`` command line: a thin Typer front end over the library.
 
-Each command parses its options, calls one library function and renders the result. Known errors
+Each command parses its options, calls one library function and renders the result. ``animate``
+and ``batch`` are here; ``download-weights``, ``convert``, ``crop`` and ``inspect`` register on the
+same app from :mod:`xportrait_cli.cli_tools`. Known errors
 (:class:`xportrait_cli.errors.XPortraitError`) print one line on stderr and exit with their code
 (1, or 2 for usage errors); Ctrl-C exits 130; anything else is a bug and keeps its traceback.
 """
@@ -19,10 +21,8 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click.exceptions import ClickException
 from rich.console import Console
 
-from xportrait_cli.config import OPTION_NAMES, OUTPUT, SAMPLING, default_of, help_text, option_field
+from xportrait_cli.config import OPTION_NAMES, OUTPUT, SAMPLING, default_of, option_field
 from xportrait_cli.errors import XPortraitError
-from xportrait_cli.face.crop_options import CropOptions
-from xportrait_cli.weights.registry import CUDA_DTYPE, DEFAULT_REVISION, REPO_ID
 
 app = typer.Typer(
     name="xportrait",
@@ -37,149 +37,6 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 @app.callback()
 def _root() -> None:
     """Animate a portrait photo with the motion of a driving video (X-Portrait)."""
-
-
-@app.command("download-weights")
-def download_weights_command(
-    cache_dir: Annotated[
-        str | None, typer.Option(help="Hugging Face hub cache (default: HF_HUB_CACHE, HF_HOME/hub).")
-    ] = None,
-    revision: Annotated[str, typer.Option(help=f"Branch, tag or commit of {REPO_ID}.")] = DEFAULT_REVISION,
-    dtype: Annotated[
-        str,
-        typer.Option(help="Converted weights precision: fp16 (what animate runs on CUDA), bf16 or fp32."),
-    ] = CUDA_DTYPE,
-    convert: Annotated[
-        bool,
-        typer.Option(
-            "--convert/--no-convert", help="Convert the checkpoint once into the fast-loading folder."
-        ),
-    ] = True,
-    model_dir: Annotated[
-        str | None, typer.Option(help="Where converted folders go (default: XPORTRAIT_HOME/models).")
-    ] = None,
-    landmark_weights: Annotated[
-        bool,
-        typer.Option(
-            "--landmark-weights/--no-landmark-weights", help="Also fetch the FAN-68 and S3FD weights."
-        ),
-    ] = True,
-    landmark_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="XPORTRAIT_LANDMARK_URL", help="Base URL of a mirror of the face-alignment weights."
-        ),
-    ] = None,
-    check: Annotated[
-        bool, typer.Option("--check", help="Report what is present and valid; download nothing.")
-    ] = False,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="List sizes and targets; download nothing.")
-    ] = False,
-    lcm_lora: Annotated[
-        bool,
-        typer.Option(
-            "--lcm-lora",
-            help="Also fetch the experimental LCM-LoRA (latent-consistency/lcm-lora-sdv1-5), for preset lcm.",
-        ),
-    ] = False,
-) -> None:
-    """Download and verify the X-Portrait checkpoint and the landmark weights, then convert it.
-
-    HF_ENDPOINT and HF_TOKEN are honoured. Paths go to stdout (one `name<TAB>status<TAB>size<TAB>path`
-    line each), progress to stderr. With --check, exits 1 when anything is missing or invalid.
-    """
-    from xportrait_cli.errors import WeightsMissingError
-    from xportrait_cli.progress import download_bars
-    from xportrait_cli.weights.download import run
-
-    with download_bars(err_console) as progress:
-        report = run(
-            check=check,
-            dry_run=dry_run,
-            lcm_lora=lcm_lora,
-            cache_dir=cache_dir,
-            revision=revision,
-            landmarks=landmark_weights,
-            landmark_url=landmark_url,
-            convert=convert,
-            dtype=dtype,
-            model_dir=model_dir,
-            progress=progress,
-        )
-    for item in report.items:
-        size = "-" if item.size is None else str(item.size)
-        typer.echo(f"{item.name}\t{item.status}\t{size}\t{item.path or '-'}")
-        if item.detail:
-            err_console.print(f"  {item.name}: {item.detail}", markup=False)
-    typer.echo(f"model\t{'ok' if report.model_path else 'missing'}\t-\t{report.model_path or '-'}")
-    if not report.ok:
-        bad = ", ".join(f"{i.name} ({i.status})" for i in report.items if not i.ok)
-        raise WeightsMissingError(f"missing or invalid: {bad}", hint="run `xportrait download-weights`")
-
-
-@app.command("inspect")
-def inspect_command(
-    portrait: Annotated[str, typer.Argument(help="Portrait image (PNG, JPEG, WebP, ...).")],
-    driving: Annotated[str | None, typer.Argument(help="Driving video (optional).")] = None,
-    output: Annotated[
-        str | None,
-        typer.Option(
-            "-o", "--output", help="Preview: .png (portrait | best aligned frame) or .mp4 (every frame)."
-        ),
-    ] = None,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object with the results on stdout.")
-    ] = False,
-    landmarks: Annotated[str, typer.Option(help="Landmark backend: auto, fan or dlib.")] = "auto",
-    device: Annotated[str, typer.Option(help="Device of the fan backend (cpu, cuda, cuda:1, ...).")] = "cpu",
-    best_frame: Annotated[
-        int, typer.Option(help="Driving frame matching the portrait's pose; -1 automatic, -2 no alignment.")
-    ] = -1,
-    start: Annotated[int, typer.Option(help="First driving frame (official start_idx).")] = 0,
-    frames: Annotated[int, typer.Option(help="Number of driving frames, 0 = all (official out_frames).")] = 0,
-    stride: Annotated[int, typer.Option(help="Use every n-th driving frame (official skip).")] = 1,
-    crop: Annotated[str, typer.Option(help=help_text("crop"))] = "auto",
-) -> None:
-    """Run only the preprocessing stage: landmarks, best frame, alignment and eye/mouth patches.
-
-    Draws them over the portrait and the aligned driving frames with -o; --json prints
-    {"portrait", "best_frame", "affine", "frames"} in pixels of the 512x512 frames.
-    """
-    import json
-
-    from xportrait_cli.face.landmarks import make_detector
-    from xportrait_cli.inspect import inspect_inputs
-    from xportrait_cli.option_layers import resolve_options
-
-    _log_to_stderr("INFO")
-    detector = make_detector(landmarks, device)
-    result = inspect_inputs(
-        portrait,
-        driving,
-        detector=detector,
-        best_frame=best_frame,
-        start=start,
-        num_frames=frames,
-        stride=stride,
-        output=output,
-        crop=resolve_options({"crop": crop}).crop,
-    )
-    if json_output:
-        typer.echo(json.dumps(result.to_json()))
-    else:
-        faces = sum(f["face"] for f in result.frames)
-        found = "face found" if result.portrait_landmarks is not None else "no face (no alignment)"
-        summary = f"portrait: {found} ({detector.name})"
-        if result.cropped:
-            summary += f"; cropped: {', '.join(result.cropped)}"
-        if driving is not None:
-            summary += (
-                f"; driving: face in {faces}/{len(result.frames)} frames; best frame {result.best_frame}"
-            )
-        typer.echo(summary)
-    if result.preview is not None:
-        err_console.print(f"preview written to {result.preview}", markup=False)
 
 
 def _shown(value: object) -> str | bool:
@@ -277,67 +134,11 @@ def animate_command(
 
     flags = {name: given[name] for name in OPTION_NAMES}
     flags["reference"] = flags["reference"] or None  # no --reference: not set (a preset's stay)
-    _log_to_stderr("WARNING")
+    log_to_stderr("WARNING")
     options = resolve_options(flags, preset=preset)
     spec = JobSpec(portrait, driving, output_path(output, portrait, driving), options)
     with make_sink(choose_mode(quiet=quiet, json_lines=json_lines)) as sink:
         run_job(spec, sink, force=force, keep_work=keep_work)
-
-
-#: The crop command's defaults, from the library (never retyped here).
-crop_defaults = CropOptions()
-
-
-@app.command("crop")
-def crop_command(
-    input_path: Annotated[str, typer.Argument(metavar="INPUT", help="Portrait image or video to crop.")],
-    output: Annotated[
-        str | None,
-        typer.Option("-o", "--output", help="Output image or .mp4 (default: <stem>.crop.png|mp4 here)."),
-    ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the crop information as JSON.")] = False,
-    size: Annotated[int, typer.Option(help="Side of the square output in pixels.")] = crop_defaults.size,
-    scale: Annotated[
-        float, typer.Option(help="Crop side in face sizes (LivePortrait: 2.2-2.3).")
-    ] = crop_defaults.scale,
-    vy: Annotated[
-        float, typer.Option(help="Box centre below the face centre, in crop sides (<0: up).")
-    ] = crop_defaults.vy,
-    face: Annotated[
-        int | None, typer.Option(help="Face to crop, 0-based from the left (default: the largest).")
-    ] = crop_defaults.face,
-    pad: Annotated[
-        str, typer.Option(help="Fill where the box leaves the frame: edge or black.")
-    ] = crop_defaults.pad,
-    landmarks: Annotated[str, typer.Option(help="Landmark backend: auto, fan or dlib.")] = "auto",
-    device: Annotated[str, typer.Option(help="Device of the fan backend (cpu, cuda, ...).")] = "cpu",
-    detect_frames: Annotated[
-        int, typer.Option(help="Video: frames searched for faces, at most (spread evenly).")
-    ] = crop_defaults.detect_frames,
-) -> None:
-    """Crop a portrait or a video to a square around the face (one steady box for a video).
-
-    Writes OUT and OUT's .crop.json (box, affine back to the original, faces found) beside it; prints
-    the output path, or the JSON with --json. Exits 1 when there is no face.
-    """
-    import json
-
-    from xportrait_cli.face.crop_inputs import crop_file
-    from xportrait_cli.face.landmarks import make_detector
-    from xportrait_cli.progress import choose_mode, make_sink
-
-    _log_to_stderr("INFO")
-    options = CropOptions(size=size, scale=scale, vy=vy, face=face, pad=pad, detect_frames=detect_frames)
-    detector = make_detector(landmarks, device)
-    mode = "quiet" if json_output else choose_mode(console=err_console)
-    with make_sink(mode, err_console) as sink:
-        info = crop_file(input_path, output, options, detector=detector, events=sink)
-    if json_output:
-        typer.echo(json.dumps(info.to_json()))
-        return
-    faces = f"{info.faces} face{'s' if info.faces != 1 else ''}"
-    err_console.print(f"{faces} found; cropped face {info.face} (box {info.box.tolist()})", markup=False)
-    typer.echo(info.output)
 
 
 _RAY_HELP = (
@@ -410,7 +211,7 @@ def batch_command(
     from xportrait_cli.jobs.dispatch import run_manifest
     from xportrait_cli.progress import choose_mode, make_sink
 
-    _log_to_stderr("WARNING")
+    log_to_stderr("WARNING")
     mode = choose_mode(quiet=quiet, json_lines=json_lines, console=err_console)
     interrupted: BatchInterrupted | None = None
     with make_sink(mode, err_console) as sink:
@@ -446,13 +247,16 @@ def _print_summary(summary, mode: str) -> None:
         err_console.print(batch_table(summary))
 
 
-def _log_to_stderr(level: str) -> None:
+def log_to_stderr(level: str) -> None:
     """Library log records at ``level`` (``"INFO"``, ``"WARNING"``) and above as plain lines on
     stderr, unless logging is already set up (e.g. by a host program or pytest)."""
     import logging
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+
+
+from xportrait_cli import cli_tools  # noqa: E402, F401 - registers download-weights, convert, crop, inspect
 
 
 def main() -> None:

@@ -55,11 +55,12 @@ class AnimateOptions:
 
     model: Path | None = option(
         None,
-        "X-Portrait checkpoint (model_state-415001.th or a converted file); default: the weights cache.",
+        "X-Portrait weights: the official .th or .safetensors, a folder made by `xportrait convert`, "
+        "or a Hugging Face repo id of one; default: the weights cache.",
         flag="--model",
         envvar="XPORTRAIT_MODEL",
         coerce=checks.optional(checks.as_path),
-        path="file",
+        path="file_or_hub",
         panel=INPUTS,
     )
     model_config: Path | None = option(

@@ -26,6 +26,7 @@ from xportrait_cli.pipeline.timesteps import (
     is_valid_step_count,
     nearest_valid_step_counts,
 )
+from xportrait_cli.weights.registry import looks_like_repo_id
 
 #: ``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -241,3 +242,12 @@ def local_or_hub(lora: str, base: Path) -> str:
     path; anything else (absolute paths, Hugging Face repo ids) is kept as written."""
     candidate = base / lora
     return str(candidate) if not Path(lora).is_absolute() and candidate.exists() else lora
+
+
+def file_or_hub(model: Path, base: Path) -> Path:
+    """``model`` anchored at ``base`` as a file (:func:`anchor`), unless it reads as a Hugging Face
+    repo id (``org/name``, :func:`~xportrait_cli.weights.registry.looks_like_repo_id`) and names
+    nothing under ``base``: then it is kept as written."""
+    if not model.is_absolute() and not (base / model).exists() and looks_like_repo_id(model):
+        return model
+    return anchor(model, base)

@@ -24,7 +24,7 @@ from typing import Any
 
 from xportrait_cli.config import OPTION_NAMES, AnimateOptions, canonical_key, coerce_value, option_field
 from xportrait_cli.errors import UsageError
-from xportrait_cli.option_checks import anchor, local_or_hub
+from xportrait_cli.option_checks import anchor, file_or_hub, local_or_hub
 
 
 def canonical_items(mapping: Mapping[Any, Any], source: str, extra: Sequence[str] = ()) -> dict[str, Any]:
@@ -67,9 +67,10 @@ def normalize_options(mapping: Mapping[str, Any], source: str = "options") -> di
 
 def anchor_paths(options: Mapping[str, Any], base: Path) -> dict[str, Any]:
     """Normalised options with their relative paths anchored at ``base`` (the folder of the preset
-    or manifest that gave them): fields with metadata ``path="file"`` (``model``, ``model_config``,
+    or manifest that gave them): fields with metadata ``path="file"`` (``model_config``,
     ``init_video``) and ``"files"`` (``reference``) by :func:`anchor`; ``"local_or_hub"``
-    (``lora``) by :func:`local_or_hub`, so a repo id stays as written."""
+    (``lora``) by :func:`local_or_hub` and ``"file_or_hub"`` (``model``) by :func:`file_or_hub`, so
+    a repo id stays as written."""
     out = dict(options)
     for name, value in options.items():
         kind = option_field(name).metadata.get("path")
@@ -79,6 +80,8 @@ def anchor_paths(options: Mapping[str, Any], base: Path) -> dict[str, Any]:
             out[name] = tuple(anchor(p, base) for p in value)
         elif kind == "local_or_hub":
             out[name] = local_or_hub(value, base)
+        elif kind == "file_or_hub":
+            out[name] = file_or_hub(value, base)
     return out
 
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from xportrait_cli.pipeline.pipeline_xportrait import to_uint8
+from xportrait_cli.pipeline.output import to_uint8
 from xportrait_cli.video.writer import VideoWriter
 
 if TYPE_CHECKING:

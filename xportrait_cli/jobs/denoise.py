@@ -20,7 +20,6 @@ from xportrait_cli.jobs.networks import NetworksCache, device_name
 from xportrait_cli.jobs.prepare import Prepared
 from xportrait_cli.jobs.spec import JobRun
 from xportrait_cli.jobs.workdir import Checkpoint, load_checkpoint, save_checkpoint
-from xportrait_cli.models import XPortraitNetworks
 from xportrait_cli.pipeline import XPortraitPipeline
 from xportrait_cli.pipeline.memory import (
     MemoryPlan,
@@ -44,7 +43,7 @@ class Denoised:
     resumed_from: int | None
 
 
-def plan_job_memory(run: JobRun, cache: NetworksCache, networks: XPortraitNetworks) -> MemoryPlan:
+def plan_job_memory(run: JobRun, cache: NetworksCache, networks: XPortraitPipeline) -> MemoryPlan:
     """Step 2: the :class:`MemoryPlan` for these networks on the job's device (weights already
     resident there count as free; ``--batch-guidance``, ``--offload`` and ``--decode-chunk-size``
     are honoured when set); logged on CUDA or when it offloads."""
@@ -87,7 +86,7 @@ def denoise(run: JobRun, cache: NetworksCache, memory_plan: MemoryPlan, prepared
 
     with stage(run.events, "denoise", job=run.job, total=total_steps), _init_frames(run, prepared) as init:
         while True:
-            pipe = XPortraitPipeline(cache.place(memory_plan.offload))
+            pipe = cache.place(memory_plan.offload)
             try:
                 latents = _sample(pipe, run, prepared, memory_plan, init, resume, on_step)
                 return Denoised(latents, pipe, memory_plan, resumed_from)

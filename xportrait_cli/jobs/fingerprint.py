@@ -24,14 +24,18 @@ TAG_PREFIX = "xportrait-fingerprint:"
 
 
 def weights_identity(model: Path) -> dict[str, Any]:
-    """Identity of the weights without reading 12 GB: a converted folder's config digest plus the
-    weight file's size and mtime, or a checkpoint file's name, size and mtime."""
+    """Identity of the weights without reading 12 GB: a converted folder's ``model_index.json`` digest
+    plus every file's size and mtime (subfolders included), or a checkpoint file's name, size and
+    mtime."""
     if model.is_dir():
-        files = sorted(p for p in model.iterdir() if p.is_file())
+        files = sorted(p for p in model.rglob("*") if p.is_file())
+        index = model / "model_index.json"
         return {
             "kind": "folder",
-            "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files},
-            "config": file_digest(model / "config.json") if (model / "config.json").exists() else None,
+            "files": {
+                p.relative_to(model).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns] for p in files
+            },
+            "config": file_digest(index) if index.exists() else None,
         }
     stat = model.stat()
     return {"kind": "file", "name": model.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}

@@ -2,9 +2,10 @@
 
 A job's inputs are its portrait, driving video, reference portraits, ``--init-video``, ``--model``
 and ``--model-config``. Each given one must exist, be a file (the model may also be a converted
-folder) and be readable. :func:`xportrait_cli.jobs.manifest.load_manifest` marks a job whose inputs
-break the rule (the batch runs the others); :func:`xportrait_cli.jobs.preflight.check_inputs`
-raises before opening them. Imports no torch.
+folder, or a Hugging Face repo id of one, which is not checked here) and be readable.
+:func:`xportrait_cli.jobs.manifest.load_manifest` marks a job whose inputs break the rule (the batch
+runs the others); :func:`xportrait_cli.jobs.preflight.check_inputs` raises before opening them.
+Imports no torch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from xportrait_cli.errors import InputError
 from xportrait_cli.jobs.spec import JobSpec
+from xportrait_cli.weights.registry import looks_like_repo_id
 
 
 def input_files(spec: JobSpec) -> list[tuple[str, Path]]:
@@ -21,7 +23,8 @@ def input_files(spec: JobSpec) -> list[tuple[str, Path]]:
     opts = spec.options
     inputs = [("portrait", spec.portrait), ("driving video", spec.driving)]
     inputs += [("reference portrait", r) for r in opts.reference]
-    inputs += [("model", opts.model)] if opts.model is not None else []
+    if opts.model is not None and not looks_like_repo_id(opts.model):  # a repo id is fetched later
+        inputs.append(("model", opts.model))
     inputs += [("model config", opts.model_config)] if opts.model_config is not None else []
     inputs += [("init video", opts.init_video)] if opts.init_video is not None else []
     return inputs

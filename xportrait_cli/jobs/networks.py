@@ -2,8 +2,8 @@
 
 :func:`resolve_device` and :func:`resolve_dtype` turn the ``--device``/``--dtype`` options into
 torch values; :func:`model_path` and :func:`lora_file` find the weights; :class:`NetworksCache`
-loads them once per (weights, config, device, dtype, compile, LoRA) and places them on the device
-as the job's memory plan says.
+loads the pipeline once per (weights, config, device, dtype, compile, LoRA) and places its networks
+on the device as the job's memory plan says.
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-from xportrait_cli.errors import InputError
 from xportrait_cli.jobs.spec import JobSpec
-from xportrait_cli.models import XPortraitNetworks, load_networks
+from xportrait_cli.pipeline import XPortraitPipeline
 from xportrait_cli.pipeline.memory import ModelSize, release_cached_memory
 
 
@@ -43,22 +42,22 @@ def device_name(device: torch.device) -> str:
 
 
 def model_path(spec: JobSpec) -> Path:
-    """The weights this job uses: ``--model``, else the download cache.
+    """The weights this job uses: ``--model`` (a file, a converted folder, or a Hub repo id of one,
+    downloaded into the hub cache), else the download cache.
 
     Raises:
-        InputError: ``--model`` names a missing file.
+        InputError: ``--model`` names neither an existing path nor a Hub repo, or a folder that is
+            not a converted one.
+        CheckpointError: the folder is in the old converted format.
         WeightsMissingError: no ``--model`` and nothing downloaded.
     """
-    if spec.options.model is not None:
-        if not spec.options.model.exists():
-            raise InputError(
-                f"{spec.options.model}: model not found",
-                "pass an existing --model or run `xportrait download-weights`",
-            )
-        return spec.options.model
+    from xportrait_cli.pipeline.loading import check_format, resolve_folder
     from xportrait_cli.weights.registry import default_model_path
 
-    return default_model_path()
+    path = resolve_folder(spec.options.model) if spec.options.model is not None else default_model_path()
+    if path.is_dir():
+        check_format(path)  # an old-format folder fails here, before any preprocessing
+    return path
 
 
 def lora_file(spec: JobSpec) -> Path | None:
@@ -71,15 +70,15 @@ def lora_file(spec: JobSpec) -> Path | None:
 
 
 class NetworksCache:
-    """Loads networks once per (weights, config, device, dtype) and reuses them across jobs.
+    """Loads the pipeline once per (weights, config, device, dtype) and reuses it across jobs.
 
-    :meth:`get` loads into CPU memory; :meth:`place` then puts them where the job's memory plan says:
-    all on the device, or offloaded (each network moved to the device for its phase).
+    :meth:`get` loads into CPU memory; :meth:`place` then puts the networks where the job's memory
+    plan says: all on the device, or offloaded (each layer copied to the device as it runs).
     """
 
     def __init__(self) -> None:
         self._key: tuple | None = None
-        self._networks: XPortraitNetworks | None = None
+        self._networks: XPortraitPipeline | None = None
         self._device = torch.device("cpu")
 
     def get(
@@ -90,8 +89,8 @@ class NetworksCache:
         dtype: torch.dtype,
         compile: bool = False,
         lora: tuple[Path, float] | None = None,
-    ) -> XPortraitNetworks:
-        """The networks for these settings, loaded on first use (into CPU memory, or where the last
+    ) -> XPortraitPipeline:
+        """The pipeline for these settings, loaded on first use (into CPU memory, or where the last
         :meth:`place` put them). ``compile`` wraps the denoising networks (main UNet, appearance net,
         ControlNets) with ``torch.compile`` (``Module.compile``); ``lora`` is a (file, scale) for the
         main UNet (:func:`xportrait_cli.models.lora.load_lora`)."""
@@ -99,13 +98,15 @@ class NetworksCache:
         if key != self._key:
             self._networks = None  # free the previous model first
             release_cached_memory(self._device)
-            networks = load_networks(model, config=config, device="cpu", dtype=dtype)
+            from xportrait_cli.pipeline.loading import load_pipeline
+
+            networks = load_pipeline(model, config=config, device="cpu", dtype=dtype)
             if lora is not None:
                 from xportrait_cli.models.lora import load_lora
 
                 load_lora(networks.unet.unet, *lora)
             if compile:
-                for name in ("unet", "reference_unet", "pose_controlnet", "local_controlnet"):
+                for name in ("unet", "reference_net", "global_controlnet", "local_controlnet"):
                     getattr(networks, name).compile()
             self._networks, self._key, self._device = networks, key, device
         return self._networks
@@ -113,12 +114,13 @@ class NetworksCache:
     def resident_bytes(self) -> int:
         """Bytes of network weights now held on the device (they count as free for the next plan)."""
         nets = self._networks
-        if nets is None or nets.offloaded or nets.device.type != "cuda":
+        if nets is None or nets.offloaded or nets._execution_device.type != "cuda":
             return 0
         return sum(ModelSize.of(nets).weights.values())
 
-    def place(self, offload: bool) -> XPortraitNetworks:
-        """Put the loaded networks on the device (``offload=False``) or offload them."""
+    def place(self, offload: bool) -> XPortraitPipeline:
+        """Put the loaded pipeline's networks on the device (``offload=False``) or offload them
+        (:meth:`~xportrait_cli.pipeline.network_calls.NetworkCallsMixin.enable_offload`)."""
         nets = self._networks
         if offload and not nets.offloaded:
             nets.enable_offload(self._device)

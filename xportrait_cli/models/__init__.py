@@ -1,4 +1,5 @@
-"""X-Portrait networks on diffusers: temporal module, reference attention, checkpoint conversion.
+"""X-Portrait networks on diffusers: the UNet with motion modules, the appearance net, reference
+attention, official checkpoint conversion.
 
 The names below load on first access (``lazy_loader``, PEP 562): importing a torch-free module of
 the package (e.g. :mod:`.weights`' registry) does not import torch or diffusers first.
@@ -10,7 +11,8 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "architecture": ["Architecture", "build_architecture"],
-        "loading": ["convert_checkpoint", "is_converted", "load_networks", "read_checkpoint"],
-        "networks": ["XPortraitNetworks"],
+        "loading": ["components_from_checkpoint", "read_checkpoint"],
+        "reference_net": ["ReferenceNet"],
+        "unet": ["XPortraitUNet"],
     },
 )

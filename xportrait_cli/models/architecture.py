@@ -13,7 +13,7 @@ image size from the checkpoint type.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,23 +69,6 @@ class Architecture:
     text: dict[str, Any]
     motion_heads: int = OFFICIAL_MOTION_HEADS
     scale_factor: float = OFFICIAL_SCALE_FACTOR
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "unet": self.unet,
-            "controlnet": self.controlnet,
-            "vae": self.vae,
-            "text": self.text,
-            "motion_heads": self.motion_heads,
-            "scale_factor": self.scale_factor,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Architecture:
-        return cls(
-            **{k: data[k] for k in ("unet", "controlnet", "vae", "text", "motion_heads", "scale_factor")}
-        )
 
 
 def read_model_config(path: str | Path | None) -> dict[str, Any]:

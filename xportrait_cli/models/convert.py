@@ -1,4 +1,4 @@
-"""Official X-Portrait checkpoint → :class:`XPortraitNetworks` state dict, strictly.
+"""Official X-Portrait checkpoint → the state dicts of the pipeline's components, strictly.
 
 The SD parts go through diffusers' own LDM converters (``convert_ldm_unet_checkpoint``,
 ``convert_controlnet_checkpoint``, ``convert_ldm_vae_checkpoint``); only what X-Portrait adds is
@@ -59,7 +59,8 @@ def _prefix(d: Mapping[str, torch.Tensor], prefix: str) -> dict:
 
 
 def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], architecture: Architecture) -> dict:
-    """Convert an official-format state dict to the key layout of :class:`XPortraitNetworks`.
+    """Convert an official-format state dict to the components' key layout, each key prefixed with its
+    component (``unet.``, ``reference_net.``, ``global_controlnet.``, ``local_controlnet.``, ``vae.``).
 
     Args:
         state_dict: official keys (``model.diffusion_model.*``, ``appearance_control_model.*``,
@@ -69,7 +70,7 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], architec
 
     Returns:
         ``{target_key: tensor}`` with CLIP weights under ``text_encoder.`` (they are used once, to
-        compute the empty prompt's context, and are not part of :class:`XPortraitNetworks`).
+        compute the empty prompt's embedding, and are not part of the pipeline).
 
     Raises:
         CheckpointError: some source tensors are neither converted nor ignored (names them).
@@ -90,9 +91,9 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor], architec
     appearance = _sub(
         state_dict, "appearance_control_model.", UNET_PREFIX, drop=re.compile(r"input_hint_block\.")
     )
-    out.update(_prefix(convert_ldm_unet_checkpoint(appearance, unet_cfg), "reference_unet."))
+    out.update(_prefix(convert_ldm_unet_checkpoint(appearance, unet_cfg), "reference_net.unet."))
     for name, target in (
-        ("pose_control_model.", "pose_controlnet."),
+        ("pose_control_model.", "global_controlnet."),
         ("local_pose_control_model.", "local_controlnet."),
     ):
         # diffusers detects a bare ControlNet by `time_embed.0.weight`, so pass it un-prefixed
@@ -129,7 +130,10 @@ def _names(keys: list[str], limit: int = 8) -> str:
 
 
 def check_against(
-    expected: Mapping[str, torch.Tensor], converted: Mapping[str, torch.Tensor], what: str
+    expected: Mapping[str, torch.Tensor],
+    converted: Mapping[str, torch.Tensor],
+    what: str,
+    hint: str = "check the checkpoint and --model-config",
 ) -> None:
     """Raise :class:`CheckpointError` unless ``converted`` has exactly ``expected``'s keys and shapes."""
     missing = [k for k in expected if k not in converted]
@@ -149,5 +153,5 @@ def check_against(
     if problems:
         raise CheckpointError(
             f"{what} does not fit the networks: " + "; ".join(problems),
-            "check the checkpoint and --model-config",
+            hint,
         )

@@ -1,18 +1,14 @@
-"""Reading official checkpoints, converting them once, and loading the networks fast.
+"""Official checkpoints into X-Portrait's diffusers components, in memory and strictly.
 
-Formats accepted by :func:`load_networks`:
-
-* the official ``.th`` pickle (``model_state-415001.th``), read with ``torch.load(weights_only=True,
-  mmap=True)`` — no code from a checkpoint is ever executed — as ``{'state_dict': ...}`` or a bare dict;
-* an official-layout ``.safetensors`` file;
-* a converted folder written by :func:`convert_checkpoint` (``config.json`` + ``networks.safetensors``
-  in this package's layout, optionally fp16/bf16), memory-mapped, so the 12 GB pickle is read once;
-* an in-memory official state dict (real or meta tensors).
+:func:`read_checkpoint` reads the official ``.th`` pickle (``model_state-415001.th``) with
+``torch.load(weights_only=True, mmap=True)`` — no code from a checkpoint is ever executed — as
+``{'state_dict': ...}`` or a bare dict, or an official-layout ``.safetensors`` file.
+:func:`components_from_checkpoint` builds the five networks from it (the converted folder, written by
+:func:`xportrait_cli.pipeline.loading.convert_checkpoint`, is loaded by diffusers instead).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -20,20 +16,20 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL, ControlNetModel
 from safetensors import safe_open
-from safetensors.torch import save_file
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel
 
 from xportrait_cli.errors import CheckpointError, InputError
-from xportrait_cli.files import atomic_write
 from xportrait_cli.models.architecture import Architecture, build_architecture
 from xportrait_cli.models.convert import check_against, convert_official_state_dict
-from xportrait_cli.models.networks import XPortraitNetworks, build_text_encoder, encode_empty_prompt
-from xportrait_cli.weights.registry import CONVERTED_CONFIG, CONVERTED_WEIGHTS, is_converted
-
-CONVERTED_FORMAT = "xportrait-converted"
-CONVERTED_VERSION = 1
+from xportrait_cli.models.reference_net import ReferenceNet
+from xportrait_cli.models.unet import XPortraitUNet
 
 Checkpoint = str | os.PathLike | Mapping[str, torch.Tensor]
+#: Token ids of the empty prompt "" for openai/clip-vit-large-patch14: BOS then EOS/padding to 77.
+EMPTY_PROMPT_IDS = [49406] + [49407] * 76
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -50,8 +46,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: checkpoint not found", "run `xportrait download-weights` or pass --model")
     if path.is_dir():
         raise InputError(
-            f"{path}: is a folder but not a converted checkpoint (no {CONVERTED_CONFIG})",
-            "pass the .th file or a folder made by `xportrait download-weights`",
+            f"{path}: is a folder but not a converted X-Portrait folder (no model_index.json)",
+            "pass the .th file or a folder made by `xportrait convert` / `xportrait download-weights`",
         )
     try:
         if path.suffix == ".safetensors":
@@ -105,16 +101,34 @@ def _official_state_dict(checkpoint: Checkpoint) -> Mapping[str, torch.Tensor]:
     return read_checkpoint(checkpoint)
 
 
-def _load_into(
-    module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], device, dtype, what: str
-) -> None:
-    expected = module.state_dict()
-    check_against(expected, tensors, what)
+def build_components(architecture: Architecture) -> dict[str, nn.Module]:
+    """The five networks of an architecture, uninitialised (build them under ``torch.device("meta")``):
+    ``unet``, ``reference_net``, ``global_controlnet``, ``local_controlnet``, ``vae``."""
+    return {
+        "unet": XPortraitUNet(
+            unet_config=architecture.unet,
+            motion_num_attention_heads=architecture.motion_heads,
+            prompt_length=len(EMPTY_PROMPT_IDS),
+        ),
+        "reference_net": ReferenceNet(unet_config=architecture.unet),
+        "global_controlnet": ControlNetModel(**architecture.controlnet),
+        "local_controlnet": ControlNetModel(**architecture.controlnet),
+        "vae": AutoencoderKL(**architecture.vae),
+    }
+
+
+def prefixed_state_dict(components: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Every component's state dict under ``<component>.`` (the key names errors use)."""
+    return {f"{name}.{k}": v for name, module in components.items() for k, v in module.state_dict().items()}
+
+
+def _load_into(module: nn.Module, tensors: Mapping[str, torch.Tensor], device, dtype, what: str) -> None:
+    """Assign ``tensors`` (keys and shapes already checked) to ``module``, each straight into ``dtype``
+    on ``device`` (no staging copy); a tensor already in it stays in the mapped file. When those are
+    the smaller part they are cloned, so that a few fp32 buffers (position tables, context) do not
+    keep a whole mapped fp16 file resident beside fp32 copies."""
     if torch.device(device).type == "meta":
         return
-    # Each tensor straight into the target dtype (no staging copy); one already in it stays in the
-    # mapped file. When those are the smaller part they are cloned, so that a few fp32 buffers
-    # (position tables, context) do not keep a whole mapped fp16 file resident beside fp32 copies.
     loaded = {k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}
     kept = [k for k, t in loaded.items() if t is tensors[k]]
     if 2 * sum(loaded[k].nbytes for k in kept) < sum(t.nbytes for t in loaded.values()):
@@ -127,107 +141,69 @@ def _load_into(
         )
 
 
-def _build(architecture: Architecture) -> XPortraitNetworks:
-    """The networks on the meta device: weights are assigned by :func:`_load_into`."""
-    with torch.device("meta"):
-        networks = XPortraitNetworks(architecture)
-    return networks
-
-
-def load_networks(
+def components_from_checkpoint(
     checkpoint: Checkpoint,
     *,
     config: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-) -> XPortraitNetworks:
-    """Build the X-Portrait networks and load their weights strictly.
+) -> dict[str, nn.Module]:
+    """Build the X-Portrait networks from an official checkpoint and load their weights strictly.
+
+    The official layout (spec §2) is converted in memory (:mod:`.convert`); the CLIP text encoder
+    runs once, in fp32 on the CPU, for the empty prompt's embedding (kept in the UNet's
+    ``empty_prompt_embeds``) and is not kept.
 
     Args:
-        checkpoint: official ``.th``/``.safetensors`` path, a converted folder, or an in-memory official
-            state dict (meta tensors allowed with ``device="meta"``).
+        checkpoint: official ``.th``/``.safetensors`` path, or an in-memory official state dict
+            (meta tensors allowed with ``device="meta"``).
         config: official-schema model YAML (structure); default: the official SD-1.5 config. Widths
-            always come from the checkpoint's shapes. Ignored for converted folders.
+            always come from the checkpoint's shapes.
         device: where the weights go; ``"meta"`` builds and checks every key and shape without memory.
         dtype: weight dtype (fp32 on CPU; fp16/bf16 on CUDA — weights are cast, not autocast).
 
     Returns:
-        :class:`XPortraitNetworks` in eval mode with ``requires_grad`` off.
+        ``{"unet", "reference_net", "global_controlnet", "local_controlnet", "vae"}`` in eval mode,
+        ``requires_grad`` off.
 
     Raises:
-        CheckpointError: keys missing, unexpected or of the wrong shape (all named).
+        CheckpointError: keys missing, unexpected or of the wrong shape (all named, with their
+            component prefix, e.g. ``unet.up_motion_modules.3…``).
         InputError: unreadable checkpoint or config.
     """
-    if not isinstance(checkpoint, Mapping) and is_converted(checkpoint):
-        return _load_converted(Path(checkpoint), device, dtype)
     state_dict = _official_state_dict(checkpoint)
     architecture = build_architecture(state_dict, config)
     converted = convert_official_state_dict(state_dict, architecture)
     text = {k[len("text_encoder.") :]: v for k, v in converted.items() if k.startswith("text_encoder.")}
     nets = {k: v for k, v in converted.items() if not k.startswith("text_encoder.")}
     meta = torch.device(device).type == "meta"
-    networks = _build(architecture)
-    # CLIP runs once, in fp32 on the CPU, for the empty prompt's context; it is not kept
+    with torch.device("meta"):
+        components = build_components(architecture)
+    # CLIP runs once, in fp32 on the CPU, for the empty prompt's embedding; it is not kept
     with torch.device("meta" if meta else "cpu"):
         text_encoder = build_text_encoder(architecture)
+    check_against(text_encoder.state_dict(), text, "CLIP text encoder")
     _load_into(text_encoder, text, "meta" if meta else "cpu", torch.float32, "CLIP text encoder")
-    nets["context"] = networks.context if meta else encode_empty_prompt(text_encoder.eval())
-    _load_into(networks, nets, device, dtype, "X-Portrait checkpoint")
-    return networks.eval().requires_grad_(False)
+    embeds = "unet.empty_prompt_embeds"
+    nets[embeds] = (
+        components["unet"].empty_prompt_embeds if meta else encode_empty_prompt(text_encoder.eval())
+    )
+    check_against(prefixed_state_dict(components), nets, "X-Portrait checkpoint")
+    for name, module in components.items():
+        tensors = {k[len(name) + 1 :]: v for k, v in nets.items() if k.startswith(name + ".")}
+        _load_into(module, tensors, device, dtype, name)
+        module.eval().requires_grad_(False)
+    return components
 
 
-def _load_converted(folder: Path, device, dtype) -> XPortraitNetworks:
-    meta = json.loads((folder / CONVERTED_CONFIG).read_text())
-    if meta.get("format") != CONVERTED_FORMAT or meta.get("version") != CONVERTED_VERSION:
-        raise CheckpointError(
-            f"{folder}: not a converted X-Portrait folder of version {CONVERTED_VERSION}",
-            "convert it again with `xportrait download-weights`",
-        )
-    architecture = Architecture.from_dict(meta["architecture"])
-    networks = _build(architecture)
-    target = "cpu" if torch.device(device).type == "meta" else device
-    with safe_open(str(folder / CONVERTED_WEIGHTS), framework="pt", device=str(target)) as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    _load_into(networks, tensors, device, dtype, str(folder / CONVERTED_WEIGHTS))
-    return networks.eval().requires_grad_(False)
+def encode_empty_prompt(text_encoder: CLIPTextModel) -> torch.Tensor:
+    """CLIP ``last_hidden_state`` of the empty prompt, ``(1, 77, hidden)`` (causal mask only, no padding
+    mask, as the official ``FrozenCLIPEmbedder``)."""
+    ids = torch.tensor([EMPTY_PROMPT_IDS], device=text_encoder.device)
+    with torch.no_grad():
+        return text_encoder(input_ids=ids).last_hidden_state
 
 
-def convert_checkpoint(
-    checkpoint: Checkpoint,
-    output_dir: str | os.PathLike,
-    *,
-    config: str | os.PathLike | None = None,
-    dtype: torch.dtype = torch.float16,
-) -> Path:
-    """Convert an official checkpoint once into a fast-loading folder (diffusers-style layout, safetensors).
-
-    The folder holds ``config.json`` (architecture, dtype) and ``networks.safetensors`` (every network
-    plus the empty prompt's context; the CLIP encoder itself is not needed again), parameters in
-    ``dtype`` and buffers (position tables, context) in float32. It is built under a temporary name
-    beside ``output_dir`` (:func:`xportrait_cli.files.atomic_write`) and renamed into place when
-    complete, replacing an older folder there.
-
-    Returns:
-        ``output_dir`` as a :class:`~pathlib.Path`.
-
-    Raises:
-        CheckpointError, InputError: as :func:`load_networks`.
-    """
-    output_dir = Path(output_dir)
-    networks = load_networks(checkpoint, config=config, device="cpu", dtype=torch.float32)
-    buffers = {name for name, _ in networks.named_buffers()}  # pe tables, context: kept in fp32
-    tensors = {
-        k: v.detach().to(torch.float32 if k in buffers else dtype).contiguous()
-        for k, v in networks.state_dict().items()
-    }
-    meta = {
-        "format": CONVERTED_FORMAT,
-        "version": CONVERTED_VERSION,
-        "dtype": str(dtype).removeprefix("torch."),
-        "architecture": networks.architecture.to_dict(),
-    }
-    with atomic_write(output_dir) as tmp:
-        tmp.mkdir(parents=True)
-        save_file(tensors, str(tmp / CONVERTED_WEIGHTS))
-        (tmp / CONVERTED_CONFIG).write_text(json.dumps(meta, indent=1))
-    return output_dir
+def build_text_encoder(architecture: Architecture) -> CLIPTextModel:
+    """A CLIP text encoder of the architecture's sizes (weights uninitialised until loaded)."""
+    return CLIPTextModel(CLIPTextConfig(**architecture.text))

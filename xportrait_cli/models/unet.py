@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from xportrait_cli.models.motion_module import TemporalModule
+from xportrait_cli.models.reference import ReferenceBank, install_reference_processors
 
 
 def _time_embedding(unet: UNet2DConditionModel, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -125,40 +127,77 @@ def motion_module_channels(unet: UNet2DConditionModel) -> tuple[list[int], list[
     return down, up
 
 
-class XPortraitUNet(nn.Module):
+class XPortraitUNet(ModelMixin, ConfigMixin):
     """The main denoiser: SD-1.5 UNet (``unet``) plus 8 down and 12 up :class:`TemporalModule`.
 
-    ``forward(sample, timestep, encoder_hidden_states, *, window_length, down_block_additional_residuals,
-    mid_block_additional_residual)`` returns the noise prediction ``(B, 4, h, w)`` for
-    ``B = videos · window_length`` latents (``window_length``: the sampler's window, 16 as trained).
-    Self-attention reads a reference bank when one is wired (:mod:`xportrait_cli.models.reference`).
+    A diffusers model (``save_pretrained`` / ``from_pretrained``; the folder's ``unet/config.json`` is
+    this constructor's arguments). It also holds the empty prompt's CLIP embedding, the only text
+    conditioning X-Portrait uses (spec §3.1; the CLIP encoder is not shipped), as the persistent
+    buffer ``empty_prompt_embeds`` ``(1, 77, cross_attention_dim)``. Its self-attention reads a
+    reference bank when ``reference_tokens`` are given (:mod:`xportrait_cli.models.reference`).
+
+    Args:
+        unet_config: ``UNet2DConditionModel`` config of ``unet`` (SD-1.5: ``block_out_channels``
+            320…1280, 768-wide cross-attention).
+        motion_num_attention_heads: heads of each motion module (official 8).
+        prompt_length: tokens of the empty prompt's embedding (CLIP's 77).
     """
 
-    def __init__(self, unet: UNet2DConditionModel, heads: int = 8) -> None:
+    @register_to_config
+    def __init__(
+        self, unet_config: dict, motion_num_attention_heads: int = 8, prompt_length: int = 77
+    ) -> None:
         super().__init__()
-        self.unet = unet
-        down, up = motion_module_channels(unet)
+        self.unet = UNet2DConditionModel(**unet_config)
+        down, up = motion_module_channels(self.unet)
+        heads = motion_num_attention_heads
         self.down_motion_modules = nn.ModuleList([TemporalModule(c, heads) for c in down])
         self.up_motion_modules = nn.ModuleList([TemporalModule(c, heads) for c in up])
+        width = self.unet.config.cross_attention_dim
+        self.register_buffer("empty_prompt_embeds", torch.zeros(1, prompt_length, width))
+        self.reference_bank = ReferenceBank()
+        install_reference_processors(self.unet, self.reference_bank)
 
     def forward(
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
         *,
         window_length: int,
         down_block_additional_residuals: Sequence[torch.Tensor] | None = None,
         mid_block_additional_residual: torch.Tensor | None = None,
+        reference_tokens: Sequence[torch.Tensor] | None = None,
+        reference_skip_rows: int = 0,
     ) -> torch.Tensor:
-        return unet_forward(
-            self.unet,
-            sample,
-            timestep,
-            encoder_hidden_states,
-            down_motion=self.down_motion_modules,
-            up_motion=self.up_motion_modules,
-            window_length=window_length,
-            down_block_additional_residuals=down_block_additional_residuals,
-            mid_block_additional_residual=mid_block_additional_residual,
-        )
+        """Noise prediction ``(B, 4, h, w)`` for ``B = videos · window_length`` latents.
+
+        Args:
+            sample, timestep, window_length, down_block_additional_residuals,
+                mid_block_additional_residual: as :func:`unet_forward`.
+            encoder_hidden_states: ``(B or 1, 77, C)``; default ``empty_prompt_embeds``.
+            reference_tokens: the appearance net's bank (one ``(R, tokens, C)`` per transformer
+                block, :class:`~xportrait_cli.models.reference.ReferenceNet`), read by rows
+                ``reference_skip_rows:``; None: plain self-attention.
+        """
+        if encoder_hidden_states is None:
+            encoder_hidden_states = self.empty_prompt_embeds.to(sample.dtype)
+        bank = self.reference_bank
+        if reference_tokens is not None:
+            bank.tokens = list(reference_tokens)
+            bank.start_reading(reference_skip_rows)
+        try:
+            return unet_forward(
+                self.unet,
+                sample,
+                timestep,
+                encoder_hidden_states,
+                down_motion=self.down_motion_modules,
+                up_motion=self.up_motion_modules,
+                window_length=window_length,
+                down_block_additional_residuals=down_block_additional_residuals,
+                mid_block_additional_residual=mid_block_additional_residual,
+            )
+        finally:
+            bank.stop_reading()
+            bank.clear()

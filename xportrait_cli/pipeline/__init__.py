@@ -11,7 +11,9 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "frames": ["ConditioningFrames", "TensorFrames"],
-        "pipeline_xportrait": ["XPortraitPipeline", "XPortraitPipelineOutput"],
+        "loading": ["check_folder", "check_format", "convert_checkpoint", "load_pipeline"],
+        "output": ["XPortraitPipelineOutput"],
+        "pipeline_xportrait": ["XPortraitPipeline"],
         "randomness": ["RandomDraws"],
     },
 )

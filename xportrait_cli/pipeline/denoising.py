@@ -9,8 +9,8 @@ all N latents.
 
 These methods live in :class:`WindowDenoisingMixin`, which :class:`.XPortraitPipeline` inherits, as
 diffusers keeps its windowed AnimateDiff sampling in ``AnimateDiffFreeNoiseMixin``
-(``diffusers/pipelines/free_noise_utils.py``); they use the pipeline's ``networks``, ``device`` and
-``dtype``.
+(``diffusers/pipelines/free_noise_utils.py``); they use the pipeline's network calls
+(:mod:`.network_calls`), execution device and dtype.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, LCMScheduler
 
-from xportrait_cli.models.networks import XPortraitNetworks
 from xportrait_cli.models.reference import ReferenceBank
 from xportrait_cli.pipeline.control_residuals import ControlResiduals, Residuals
 from xportrait_cli.pipeline.frames import ConditioningFrames
@@ -53,8 +52,7 @@ class StepSettings:
 class WindowDenoisingMixin:
     """The denoising step of :class:`.XPortraitPipeline` and the per-window work it is made of."""
 
-    networks: XPortraitNetworks
-    device: torch.device
+    _execution_device: torch.device
     dtype: torch.dtype
 
     # One step
@@ -163,13 +161,12 @@ class WindowDenoisingMixin:
         ``guided=False`` runs the conditional pass alone and returns its prediction (scale 1, or a
         step outside the guidance interval). Official: ``p_sample_ddim`` (``ddim.py`` L566–631).
         """
-        nets = self.networks
         window_length = latents.shape[0]
-        x = latents.to(self.device, self.dtype)
-        t = torch.full((window_length,), timestep, device=self.device, dtype=torch.long)
+        x = latents.to(self._execution_device, self.dtype)
+        t = torch.full((window_length,), timestep, device=self._execution_device, dtype=torch.long)
         down, mid = residuals
         if not guided:
-            return nets.predict_noise(
+            return self.predict_noise(
                 x, t, window_length=window_length, bank=bank, residuals=(down, mid)
             ).float()
         motion = uncond_residuals is not None
@@ -177,7 +174,7 @@ class WindowDenoisingMixin:
             u_down, u_mid = (
                 uncond_residuals if motion else ([torch.zeros_like(r) for r in down], torch.zeros_like(mid))
             )
-            noise_pred = nets.predict_noise(
+            noise_pred = self.predict_noise(
                 torch.cat([x, x]),
                 torch.cat([t, t]),
                 window_length=window_length,
@@ -190,15 +187,15 @@ class WindowDenoisingMixin:
             ).float()
             noise_pred_uncond, noise_pred_cond = noise_pred[:window_length], noise_pred[window_length:]
         else:
-            noise_pred_cond = nets.predict_noise(
+            noise_pred_cond = self.predict_noise(
                 x, t, window_length=window_length, bank=bank, residuals=(down, mid)
             ).float()
             if motion:
-                noise_pred_uncond = nets.predict_noise(
+                noise_pred_uncond = self.predict_noise(
                     x, t, window_length=window_length, bank=bank, residuals=uncond_residuals
                 ).float()
             else:
-                noise_pred_uncond = nets.predict_noise(x, t, window_length=window_length).float()
+                noise_pred_uncond = self.predict_noise(x, t, window_length=window_length).float()
         return noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
 
     # ControlNets (per frame)
@@ -214,18 +211,20 @@ class WindowDenoisingMixin:
         """Summed global + local ControlNet residuals of frames ``indices`` (one row each), from all N
         ``latents`` and the frames' hints; only these frames' hints are read. ``zero_hint``: both hints
         are 0.0 (mid-grey), the unconditional input of ``motion-guidance``; no hint is read."""
-        x = latents[list(indices)].to(self.device, self.dtype)
-        t = torch.full((x.shape[0],), timestep, device=self.device, dtype=torch.long)
+        x = latents[list(indices)].to(self._execution_device, self.dtype)
+        t = torch.full((x.shape[0],), timestep, device=self._execution_device, dtype=torch.long)
         if zero_hint:
             hint = torch.zeros(
-                (x.shape[0], 3, x.shape[2] * 8, x.shape[3] * 8), device=self.device, dtype=self.dtype
+                (x.shape[0], 3, x.shape[2] * 8, x.shape[3] * 8),
+                device=self._execution_device,
+                dtype=self.dtype,
             )
-            return self.networks.controlnet_residuals(x, t, hint, hint)
-        return self.networks.controlnet_residuals(
+            return self.controlnet_residuals(x, t, hint, hint)
+        return self.controlnet_residuals(
             x,
             t,
-            frames.global_hints(indices).to(self.device, self.dtype),
-            frames.local_hints(indices).to(self.device, self.dtype),
+            frames.global_hints(indices).to(self._execution_device, self.dtype),
+            frames.local_hints(indices).to(self._execution_device, self.dtype),
         )
 
     def _residual_sources(
@@ -254,8 +253,8 @@ class WindowDenoisingMixin:
         tokens (official ``more_source_image_pattern``)."""
         bank = None
         for latents in references:
-            t = torch.full((latents.shape[0],), timestep, device=self.device, dtype=torch.long)
-            recorded = self.networks.record_reference(latents.to(self.device, self.dtype), t)
+            t = torch.full((latents.shape[0],), timestep, device=self._execution_device, dtype=torch.long)
+            recorded = self.record_reference(latents.to(self._execution_device, self.dtype), t)
             bank = recorded if bank is None else bank.concat(recorded)
         return bank
 

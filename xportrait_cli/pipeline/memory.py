@@ -5,8 +5,9 @@ takes the fastest that fits the free memory:
 
 1. weights resident, cond and uncond guidance passes batched (32 frames per UNet call);
 2. weights resident, the two guidance passes in sequence (16 frames per call; as officially);
-3. weights offloaded: kept in CPU memory, each network moved to the device for its phase
-   (:meth:`~xportrait_cli.models.networks.XPortraitNetworks.enable_offload`), passes in sequence.
+3. weights offloaded: kept in CPU memory, each layer moved to the device as it runs (diffusers'
+   group offloading, :meth:`~xportrait_cli.pipeline.network_calls.NetworkCallsMixin.enable_offload`),
+   passes in sequence.
 
 and decodes ``1``, ``2`` or ``4`` frames per VAE call, the most that fits. None fitting raises
 :class:`~xportrait_cli.errors.OutOfMemoryPlanError` before any work starts. Explicit settings
@@ -98,12 +99,12 @@ class ModelSize:
 
     @classmethod
     def of(cls, networks) -> ModelSize:
-        """Measure :class:`~xportrait_cli.models.networks.XPortraitNetworks` (on any device)."""
+        """Measure the networks of an :class:`~xportrait_cli.pipeline.XPortraitPipeline` (on any device)."""
         weights = {
             name: sum(p.numel() * p.element_size() for p in getattr(networks, name).parameters())
             for name in networks.OFFLOADED
         }
-        widths = tuple(networks.architecture.unet["block_out_channels"])
+        widths = tuple(networks.unet.config.unet_config["block_out_channels"])
         return cls(weights, widths[0], networks.dtype.itemsize, widths)
 
     def residual_bytes_per_frame(self, size: int) -> int:
@@ -142,7 +143,9 @@ def estimate_peak(
     residuals = RESIDUAL_FRAMES * model.residual_bytes_per_frame(size)
     window = WINDOW_PASS_BYTES_512 * scale * (2 if batch_guidance else 1)
     if offload:
-        resident = max(w["unet"], w["reference_unet"], w["pose_controlnet"] + w["local_controlnet"])
+        # group offloading holds about one layer (0.06 GB in fp16); the estimate keeps the largest
+        # network, as for the per-phase offload it replaced, until it is measured on a GPU
+        resident = max(w["unet"], w["reference_net"], w["global_controlnet"] + w["local_controlnet"])
         decode_resident = w["vae"]
     else:
         resident = decode_resident = sum(w.values())

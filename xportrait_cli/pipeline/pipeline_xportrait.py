@@ -1,4 +1,4 @@
-"""``XPortraitPipeline``: the official windowed DDIM sampler on :class:`XPortraitNetworks`.
+"""``XPortraitPipeline``: the official windowed DDIM sampler, a diffusers ``DiffusionPipeline``.
 
 Official source: ``DDIMSampler_ReferenceOnly`` (``ldm/models/diffusion/ddim.py`` L473–631) driven by
 ``core/test_xportrait.py`` (``visualize_mm``). One call:
@@ -26,18 +26,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, DiffusionPipeline
 
-from xportrait_cli.models.networks import XPortraitNetworks
+from xportrait_cli.models.reference_net import ReferenceNet
+from xportrait_cli.models.unet import XPortraitUNet
 from xportrait_cli.pipeline.defaults import DEFAULT_REFERENCE_MODE, OFFICIAL_DEFAULTS, REFERENCE_MODES
 from xportrait_cli.pipeline.denoising import StepSettings, WindowDenoisingMixin
 from xportrait_cli.pipeline.frames import ConditioningFrames, InitFrames
 from xportrait_cli.pipeline.guidance import CONTROL_MODES, check_interval
 from xportrait_cli.pipeline.memory import release_cached_memory
+from xportrait_cli.pipeline.network_calls import NetworkCallsMixin
+from xportrait_cli.pipeline.output import XPortraitPipelineOutput, to_uint8
 from xportrait_cli.pipeline.randomness import RandomDraws
 from xportrait_cli.pipeline.schedule import make_sampler, q_sample_coefficients, sampling_timesteps
 from xportrait_cli.pipeline.timesteps import NUM_TRAIN_TIMESTEPS
@@ -50,36 +53,19 @@ StepCallback = Callable[["XPortraitPipeline", int, int, dict[str, Any]], "dict[s
 LAST_TIMESTEP = NUM_TRAIN_TIMESTEPS - 1
 
 
-@dataclass
-class XPortraitPipelineOutput:
-    """Result of :meth:`XPortraitPipeline.__call__`.
+class XPortraitPipeline(NetworkCallsMixin, WindowDenoisingMixin, DiffusionPipeline):
+    """The X-Portrait sampler as a diffusers pipeline. ``pipe(source, frames, ...)``; see :meth:`__call__`.
 
-    Attributes:
-        latents: final latents ``(N, 4, h, w)`` float32 (or the latents after the last completed step
-            when interrupted).
-        frames: decoded frames ``(N, S, S, 3)`` uint8 RGB when ``output_type="uint8"``, else None.
-        steps_done: denoising steps completed in total (including those before ``start_step``).
-        interrupted: True when a callback stopped the run early.
-        timesteps: every timestep of the run's schedule, in sampling order (``len(timesteps)`` steps
-            in all, e.g. 31 for ``num_inference_steps=30``), including those not run.
-    """
-
-    latents: torch.Tensor
-    frames: np.ndarray | None = None
-    steps_done: int = 0
-    interrupted: bool = False
-    timesteps: list[int] = field(default_factory=list)
-
-
-def to_uint8(decoded: torch.Tensor) -> np.ndarray:
-    """``(n, 3, S, S)`` in [-1, 1] → ``(n, S, S, 3)`` uint8, as the official ``img_as_ubyte((x+1)/2)``
-    (x·255 in float32, round half to even, clip)."""
-    x = ((decoded.float().clamp(-1, 1) + 1) / 2 * 255).round().clamp(0, 255)
-    return x.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-class XPortraitPipeline(WindowDenoisingMixin):
-    """The X-Portrait sampler. ``pipe(source, frames, ...)``; see :meth:`__call__`.
+    Components (each saved in its own subfolder by ``save_pretrained``; ``model_index.json`` names
+    their classes): ``unet`` (:class:`.XPortraitUNet`: SD-1.5 UNet + motion modules + the empty
+    prompt's embedding), ``reference_net`` (:class:`.ReferenceNet`, the appearance net),
+    ``global_controlnet`` and ``local_controlnet`` (diffusers ``ControlNetModel``: hints are the
+    aligned driving frame, and the eye/mouth patches with -1 elsewhere, in [-1, 1]), ``vae``
+    (``AutoencoderKL``) and ``scheduler`` (``DDIMScheduler`` with the official config, for diffusers'
+    tools: each call builds its sampler from the official float64 schedule and timesteps,
+    :func:`.schedule.make_sampler`, as no scheduler config can state them). Load with
+    ``XPortraitPipeline.from_pretrained(folder_or_hub_id, torch_dtype=torch.float16)``
+    (:mod:`.loading` adds the strict key check and the official ``.th``).
 
     ``callback_on_step_end(pipe, step_index, timestep, state)`` runs after each DDIM update; ``state``
     holds ``latents`` (all N frames), ``noise_pred`` (the averaged guided noise prediction),
@@ -88,17 +74,44 @@ class XPortraitPipeline(WindowDenoisingMixin):
     replaces the latents. Progress bars and per-step checkpoints attach here.
     """
 
-    def __init__(self, networks: XPortraitNetworks) -> None:
-        self.networks = networks
+    model_cpu_offload_seq = "reference_net->global_controlnet->local_controlnet->unet->vae"
+
+    def __init__(
+        self,
+        unet: XPortraitUNet,
+        reference_net: ReferenceNet,
+        global_controlnet: ControlNetModel,
+        local_controlnet: ControlNetModel,
+        vae: AutoencoderKL,
+        scheduler: DDIMScheduler,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            unet=unet,
+            reference_net=reference_net,
+            global_controlnet=global_controlnet,
+            local_controlnet=local_controlnet,
+            vae=vae,
+            scheduler=scheduler,
+        )
         self.interrupt = False
 
-    @property
-    def device(self) -> torch.device:
-        return self.networks.device
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> XPortraitPipeline:
+        """diffusers' ``from_pretrained`` (a folder or a hub repo id of one; ``dtype``, ``device_map``,
+        ...), after checking the folder's format and every component's tensor keys
+        and shapes (:func:`.loading.check_folder`; diffusers only warns on unexpected ones).
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.networks.dtype
+        Raises:
+            CheckpointError: an old-format folder, or a component whose tensors do not fit
+                (naming the component and the keys).
+        """
+        from xportrait_cli.pipeline.loading import check_folder, resolve_folder
+
+        hub = {k: kwargs.pop(k) for k in ("revision", "token", "cache_dir") if k in kwargs}
+        folder = resolve_folder(pretrained_model_name_or_path, **hub)
+        check_folder(folder)
+        return super().from_pretrained(folder, **kwargs)
 
     # 1. Check inputs
     @staticmethod
@@ -147,8 +160,7 @@ class XPortraitPipeline(WindowDenoisingMixin):
     def encode_posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """VAE posterior ``(mean, std)`` of ``(n, 3, S, S)`` images in [-1, 1]; each ``(n, 4, S/8, S/8)``
         float32 (logvar clamped to [-30, 20] by diffusers, as officially)."""
-        self.networks.use("vae")
-        posterior = self.networks.vae.encode(images.to(self.device, self.dtype)).latent_dist
+        posterior = self.vae.encode(images.to(self._execution_device, self.dtype)).latent_dist
         return posterior.mean.float(), posterior.std.float()
 
     def reference_latents(
@@ -157,7 +169,7 @@ class XPortraitPipeline(WindowDenoisingMixin):
         """Scaled reference latents from a posterior ``(mean, std)``, each ``(1, 4, h, w)``: the mean
         (``noise`` None, shared) or one sample per row of ``noise`` ``(N, 4, h, w)`` (official
         ``get_cond_control``: a ``.sample()`` per frame)."""
-        scale = self.networks.scale_factor
+        scale = self.scale_factor
         return scale * (mean if noise is None else mean + std * noise.to(mean.device))
 
     def encode_init_frames(
@@ -187,7 +199,7 @@ class XPortraitPipeline(WindowDenoisingMixin):
         """``x_T`` ``(N, 4, h, w)`` float32 on the CPU: each frame's posterior sample noised to t = 999
         (q_sample). ``mean``/``std``: ``(1, 4, h, w)`` (the source, broadcast) or ``(N, 4, h, w)``."""
         mean, std = mean.cpu(), std.cpu()
-        z = self.networks.scale_factor * (mean + std * draws.init_posterior_noise)
+        z = self.scale_factor * (mean + std * draws.init_posterior_noise)
         c1, c2 = q_sample_coefficients(alphas_cumprod, LAST_TIMESTEP)
         return c1 * z + c2 * draws.init_eps
 
@@ -203,17 +215,16 @@ class XPortraitPipeline(WindowDenoisingMixin):
         runs the convolutions at another batch size, which can round differently: a frame may then
         differ by one grey level (``tests/test_pipeline.py`` holds it to at most 1).
         """
-        self.networks.use("vae")
-        vae, chunk, start = self.networks.vae, decode_chunk_size, 0
+        vae, chunk, start = self.vae, decode_chunk_size, 0
         while start < latents.shape[0]:
-            z = latents[start : start + chunk].to(self.device, self.dtype) / self.networks.scale_factor
+            z = latents[start : start + chunk].to(self._execution_device, self.dtype) / self.scale_factor
             try:
                 decoded = vae.decode(z).sample
             except torch.OutOfMemoryError:
                 if chunk == 1:
                     raise
                 del z
-                release_cached_memory(self.device)
+                release_cached_memory(self._execution_device)
                 chunk = max(1, chunk // 2)
                 log.warning("out of memory decoding frames: decoding %d frame(s) at a time", chunk)
                 continue
@@ -364,6 +375,7 @@ class XPortraitPipeline(WindowDenoisingMixin):
         frames_u8 = None
         if output_type == "uint8" and not self.interrupt:
             frames_u8 = np.concatenate(list(self.decode_latents(latents, decode_chunk_size)))
+        self.maybe_free_model_hooks()  # diffusers' offload hooks (enable_model_cpu_offload), if any
         return XPortraitPipelineOutput(
             latents=latents,
             frames=frames_u8,

@@ -45,15 +45,26 @@ _OFFICIAL_BETAS = dict(
 )
 
 
+#: The official sampler's DDIM config (eta 0 is a ``step`` argument, diffusers' default).
+OFFICIAL_DDIM_CONFIG = dict(
+    **_OFFICIAL_BETAS,
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    timestep_spacing="leading",
+)
+
+
+def official_scheduler() -> DDIMScheduler:
+    """``DDIMScheduler`` with :data:`OFFICIAL_DDIM_CONFIG`: the pipeline's registered ``scheduler``
+    (saved in the converted folder for diffusers' tools). A run steps :func:`make_scheduler`'s copy,
+    whose float64-built ``alphas_cumprod`` and official timesteps no scheduler config can state."""
+    return DDIMScheduler(**OFFICIAL_DDIM_CONFIG)
+
+
 def make_scheduler(num_inference_steps: int) -> DDIMScheduler:
     """A ``DDIMScheduler`` reproducing the official sampler exactly (timesteps overridden)."""
-    scheduler = DDIMScheduler(
-        **_OFFICIAL_BETAS,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    scheduler = official_scheduler()
     scheduler.alphas_cumprod = alphas_cumprod()
     scheduler.final_alpha_cumprod = scheduler.alphas_cumprod[0]
     scheduler.set_timesteps(num_inference_steps)

@@ -11,7 +11,10 @@ What lives where:
   is imported). Verified against the Hub's SHA-256 (the LFS ``ETag``, which is also the blob's file
   name in the cache). (:mod:`.hub`)
 * **Converted folder** ``<model_dir>/x-portrait-<commit12>-<dtype>/`` written once by
-  :func:`xportrait_cli.models.loading.convert_checkpoint` (fast, memory-mapped loading).
+  :func:`xportrait_cli.pipeline.loading.convert_checkpoint`: diffusers' pipeline layout
+  (``model_index.json`` and one subfolder per component), loaded by
+  ``XPortraitPipeline.from_pretrained`` (fast, memory-mapped). A folder in the old format
+  (``config.json`` + ``networks.safetensors``) counts as not converted and is converted again.
   ``model_dir`` defaults to ``<xportrait home>/models``; the home is ``XPORTRAIT_HOME``, else
   ``$XDG_CACHE_HOME/xportrait``, else ``~/.cache/xportrait``. (:mod:`.registry`)
 * **Landmark weights** for face-alignment: FAN-68 ``2DFAN4-11f355bf06.pth.tar`` and the S3FD

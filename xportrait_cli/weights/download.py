@@ -200,7 +200,7 @@ def _fetch_landmarks(plan: _Plan, landmarks: bool, progress: ProgressCallback | 
 
 def _convert(checkpoint: Path, target: Path, dtype: str, progress: ProgressCallback | None) -> None:
     """Convert ``checkpoint`` into the folder ``target`` in precision ``dtype`` (imports the models)."""
-    from xportrait_cli.models.loading import convert_checkpoint
+    from xportrait_cli.pipeline.loading import convert_checkpoint
 
     label = f"convert to {dtype}"
     if progress:

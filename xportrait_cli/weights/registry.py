@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,12 +29,12 @@ __all__ = [
     "LANDMARK_FILES",
     "DTYPES",
     "CUDA_DTYPE",
-    "CONVERTED_CONFIG",
-    "CONVERTED_WEIGHTS",
+    "MODEL_INDEX",
     "ProgressCallback",
     "check_dtype",
     "torch_dtype",
     "is_converted",
+    "is_old_format",
     "xportrait_home",
     "hub_cache_dir",
     "landmark_dir",
@@ -66,10 +67,14 @@ DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 CUDA_DTYPE = "fp16"
 #: Approximate checkpoint size, for ``--dry-run`` and the space check when the Hub gives no size.
 APPROX_CHECKPOINT_BYTES = 12_300_000_000
-#: The files of a converted folder (written by :func:`xportrait_cli.models.loading.convert_checkpoint`).
-CONVERTED_CONFIG = "config.json"
-CONVERTED_WEIGHTS = "networks.safetensors"
+#: The index of a converted folder (diffusers' pipeline layout, written by
+#: :func:`xportrait_cli.pipeline.loading.convert_checkpoint`).
+MODEL_INDEX = "model_index.json"
+#: The ``format`` field of the old converted folders' ``config.json`` (one ``networks.safetensors``).
+OLD_FORMAT = "xportrait-converted"
 MANIFEST_NAME = "weights.json"
+#: Suffixes of checkpoint files (a ``--model`` ending so is a path, never a Hub repo id).
+CHECKPOINT_SUFFIXES = (".th", ".pt", ".pth", ".ckpt", ".safetensors", ".bin")
 
 ProgressCallback = Callable[[str, int, "int | None"], None]
 """``progress(label, done, total)``: ``done`` bytes (or steps) of ``total`` (``None``: unknown)."""
@@ -97,11 +102,29 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, DTYPES[check_dtype(name)])
 
 
+def looks_like_repo_id(value: str | os.PathLike[str]) -> bool:
+    """True when ``value`` is no existing path and reads as a Hugging Face repo id ``org/name`` (one
+    slash; not starting with ``/``, ``.`` or ``~``; no checkpoint suffix)."""
+    text = os.fspath(value)
+    if Path(text).expanduser().exists() or text.startswith(("/", ".", "~")):
+        return False
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", text) is not None and not text.endswith(CHECKPOINT_SUFFIXES)
+
+
 def is_converted(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a converted folder: :data:`CONVERTED_CONFIG` and
-    :data:`CONVERTED_WEIGHTS` are both in it (contents are checked when it is loaded)."""
-    path = Path(path)
-    return (path / CONVERTED_CONFIG).is_file() and (path / CONVERTED_WEIGHTS).is_file()
+    """True when ``path`` is a converted folder: it holds :data:`MODEL_INDEX` (the components are
+    checked when it is loaded, :func:`xportrait_cli.pipeline.loading.check_folder`)."""
+    return (Path(path) / MODEL_INDEX).is_file()
+
+
+def is_old_format(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a folder converted by an older xportrait (``config.json`` with
+    ``"format": "xportrait-converted"``): not loaded, converted again by ``download-weights``."""
+    try:
+        data = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == OLD_FORMAT
 
 
 # ---------------------------------------------------------------------------------------------
