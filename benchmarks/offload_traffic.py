@@ -68,6 +68,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from diffusers import AutoencoderKL
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
@@ -81,6 +82,8 @@ ACCELERATE_SEQS = {
     "accelerate, all in sequence": "vae->reference_net->global_controlnet->local_controlnet->unet",
     "accelerate, ControlNets off": "vae->reference_net->unet",
 }
+#: The removed per-phase offload's phases: the networks on the device together.
+PHASES = (("reference_net",), ("global_controlnet", "local_controlnet"), ("unet",), ("vae",))
 GROUP_OFFLOADS = {
     "group block_level": ("block_level", False),
     "group block_level + stream": ("block_level", True),
@@ -89,32 +92,19 @@ GROUP_OFFLOADS = {
 }
 
 
-def components_of(networks) -> dict[str, nn.Module]:
-    """Today's :class:`XPortraitNetworks` under the diffusers component names of issue #17."""
-    return {
-        "unet": networks.unet,
-        "reference_net": networks.reference_unet,
-        "global_controlnet": networks.pose_controlnet,
-        "local_controlnet": networks.local_controlnet,
-        "vae": networks.vae,
-    }
+def components_of(pipe) -> dict[str, nn.Module]:
+    """The offloaded components of an :class:`XPortraitPipeline` (``unet``, ``reference_net``,
+    ``global_controlnet``, ``local_controlnet``, ``vae``)."""
+    return {name: getattr(pipe, name) for name in pipe.OFFLOADED}
 
 
 def entry_modules(components: Mapping[str, nn.Module]) -> dict[str, list[nn.Module]]:
-    """The modules whose forward marks a call of each component: the component itself; a VAE's
-    encoder and decoder (``encode``/``decode`` skip ``forward``); a bare diffusers UNet's ``conv_in``
-    (today's appearance net, walked block by block by ``unet_forward``)."""
-    from diffusers import UNet2DConditionModel
-
-    entries = {}
-    for name, module in components.items():
-        if hasattr(module, "encoder") and hasattr(module, "decoder"):
-            entries[name] = [module.encoder, module.decoder]
-        elif isinstance(module, UNet2DConditionModel):
-            entries[name] = [module.conv_in]
-        else:
-            entries[name] = [module]
-    return entries
+    """The modules whose forward marks a call of each component: the component itself, but a VAE's
+    encoder and decoder (``encode``/``decode`` skip ``forward``)."""
+    return {
+        name: [module.encoder, module.decoder] if isinstance(module, AutoencoderKL) else [module]
+        for name, module in components.items()
+    }
 
 
 def _tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
@@ -226,7 +216,15 @@ class Ledger:
 
 
 class WeightUses(TorchFunctionMode):
-    """Counts, per component, uses of weight tensors that are off the device (``Ledger.misses``)."""
+    """Counts, per component, uses of weight tensors that are off the device (``Ledger.misses``).
+
+    Not uses: reading metadata (``.device``, ``.shape``, ``is_floating_point``: ``ModelMixin.dtype``),
+    and ``.to`` (a copy to the device, e.g. of the UNet's ``empty_prompt_embeds`` buffer by
+    ``prompt_embeds``), whose result is made a new tensor as on a GPU (on the CPU ``.to`` returns
+    the weight itself, whose later uses would count).
+    """
+
+    NO_DATA = frozenset({"__get__", "is_floating_point", "dim", "size", "numel", "element_size"})
 
     def __init__(self, ledger: Ledger) -> None:
         super().__init__()
@@ -234,9 +232,12 @@ class WeightUses(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        ledger = self.ledger
-        if getattr(func, "__name__", "") == "__get__":  # reading .device or .shape uses no data
+        ledger, name = self.ledger, getattr(func, "__name__", "")
+        if name in self.NO_DATA:
             return func(*args, **kwargs)
+        if name == "to":
+            out = func(*args, **kwargs)
+            return out.clone() if id(out) in ledger.owner else out
         for leaf in tree_leaves((args, kwargs)):
             key = id(leaf)
             if isinstance(leaf, torch.Tensor) and key in ledger.owner and key not in ledger.resident:
@@ -244,16 +245,13 @@ class WeightUses(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def run_pipeline(networks, ledger: Ledger, inputs: dict, reference_mode: str, steps: int) -> None:
-    """One real pipeline call with segment marks: ``encode``, ``step 1`` … ``step S``, ``decode``;
+def run_pipeline(pipe, ledger: Ledger, inputs: dict, reference_mode: str, steps: int) -> None:
+    """One real call of ``pipe`` with segment marks: ``encode``, ``step 1`` … ``step S``, ``decode``;
     each entry-module call is appended to ``ledger.calls``."""
-    from xportrait_cli.pipeline import XPortraitPipeline
-
     hooks = []
-    for name, modules in entry_modules(components_of(networks)).items():
+    for name, modules in entry_modules(components_of(pipe)).items():
         for module in modules:
             hooks.append(module.register_forward_pre_hook(lambda *_, name=name: ledger.calls.append(name)))
-    pipe = XPortraitPipeline(networks)
     denoise_step = pipe.denoise_step
 
     def step(latents, step_index, **kwargs):
@@ -275,17 +273,43 @@ def run_pipeline(networks, ledger: Ledger, inputs: dict, reference_mode: str, st
             )
         ledger.mark("decode")
     finally:
+        del pipe.denoise_step
         for hook in hooks:
             hook.remove()
 
 
-def count_ours(networks, ledger: Ledger, inputs: dict, reference_mode: str, steps: int) -> None:
-    """Per-phase offload: ``enable_offload`` then the pipeline, ``.to`` of each network counted."""
-    for name in networks.OFFLOADED:
-        module = getattr(networks, name)
-        module.to = ledger.module_to(module, lambda device: device is networks._offload_device)
-    networks.enable_offload(torch.device("cpu"))
-    run_pipeline(networks, ledger, inputs, reference_mode, steps)
+def count_resident(pipe, ledger: Ledger, inputs: dict, reference_mode: str, steps: int) -> None:
+    """No offload: every weight moved to the device once (segment ``load``), then the pipeline."""
+    for module in components_of(pipe).values():
+        ledger.onload(t for _, t in _tensors(module))
+    ledger.mark("load")
+    run_pipeline(pipe, ledger, inputs, reference_mode, steps)
+
+
+def replay(ledger: Ledger, recorded: list, before_call: Callable[[str], None]) -> None:
+    """Call ``before_call(component name)`` at each call of the ``recorded`` segments, marked as recorded."""
+    for segment in recorded:
+        for name in segment["calls"]:
+            before_call(name)
+            ledger.calls.append(name)
+        ledger.mark(segment["segment"])
+
+
+def replay_per_phase(components: Mapping[str, nn.Module], ledger: Ledger, recorded: list) -> None:
+    """The removed per-phase offload (``XPortraitNetworks.enable_offload`` + ``use``): before each
+    call, the networks of other phases on the device leave it, then those of the called one's phase
+    (:data:`PHASES`) not there come in, each moved whole."""
+    phase_of = {name: phase for phase in PHASES for name in phase}
+
+    def use(called: str) -> None:
+        phase = phase_of[called]
+        for name, module in components.items():
+            if name not in phase:
+                ledger.offload(t for _, t in _tensors(module))
+        for name in phase:
+            ledger.onload(t for _, t in _tensors(components[name]))
+
+    replay(ledger, recorded, use)
 
 
 def replay_accelerate(components: Mapping[str, nn.Module], ledger: Ledger, seq: str, recorded: list) -> None:
@@ -312,11 +336,7 @@ def replay_accelerate(components: Mapping[str, nn.Module], ledger: Ledger, seq: 
     for module in rest.values():
         cpu_offload_with_hook(module, device)
     with mock.patch.object(CpuOffload, "pre_forward", pre_forward):
-        for segment in recorded:
-            for name in segment["calls"]:
-                components[name]._hf_hook.pre_forward(components[name])
-                ledger.calls.append(name)
-            ledger.mark(segment["segment"])
+        replay(ledger, recorded, lambda name: components[name]._hf_hook.pre_forward(components[name]))
 
 
 class _Stream:
@@ -326,7 +346,7 @@ class _Stream:
         pass
 
 
-def count_group(networks, ledger: Ledger, inputs: dict, reference_mode: str, steps: int, kind, stream):
+def count_group(pipe, ledger: Ledger, inputs: dict, reference_mode: str, steps: int, kind, stream):
     """``apply_group_offloading`` on every component (the body of the public function, minus its
     refusal of a stream on the CPU), ``onload_``/``offload_`` counted, then the pipeline."""
     from diffusers.hooks import group_offloading as go
@@ -363,7 +383,7 @@ def count_group(networks, ledger: Ledger, inputs: dict, reference_mode: str, ste
             go.ModuleGroup, "offload_", lambda g: ledger.offload(list(tensors(g)), copy_back=g.stream is None)
         ),
     ):
-        for module in components_of(networks).values():
+        for module in components_of(pipe).values():
             config = go.GroupOffloadingConfig(
                 onload_device=cpu,
                 offload_device=cpu,
@@ -377,7 +397,7 @@ def count_group(networks, ledger: Ledger, inputs: dict, reference_mode: str, ste
                 exclude_kwargs=getattr(module, "_skip_keys", None),
             )
             go._apply_group_offloading(module, config)
-        run_pipeline(networks, ledger, inputs, reference_mode, steps)
+        run_pipeline(pipe, ledger, inputs, reference_mode, steps)
 
 
 def tiny_inputs(frames: int, num_mix: int) -> dict:
@@ -395,41 +415,45 @@ def tiny_inputs(frames: int, num_mix: int) -> dict:
     }
 
 
-def run(frames: int = 48, num_mix: int = 4, steps: int = 2) -> dict:
-    """Count every strategy in both reference modes; returns a JSON-able dict."""
+def run(frames: int = 48, num_mix: int = 4, steps: int = 2, modes=("shared", "per-frame")) -> dict:
+    """Count every strategy in each reference mode of ``modes``; returns a JSON-able dict (the
+    reported ``step`` of each row is the second step, the first when ``steps`` is 1)."""
     from flops import meta_networks
 
-    from xportrait_cli.models import load_networks
+    from xportrait_cli.pipeline import load_pipeline
 
     torch.set_num_threads(1)
     full = full_size_bytes(components_of(meta_networks()))
     golden = SHARED / "golden"
-    tiny = load_networks(golden / "tiny_xportrait.th", config=golden / "tiny_config.yaml")
+    tiny = load_pipeline(golden / "tiny_xportrait.th", config=golden / "tiny_config.yaml")
     inputs = tiny_inputs(frames, num_mix)
     sizes = {name: sum(s.values()) for name, s in full.items()}
     result = {"frames": frames, "num_mix": num_mix, "steps": steps, "component_bytes": sizes, "modes": {}}
-    for mode in ("shared", "per-frame"):
-        rows = {"no offload": {"segments": [], "peak_bytes": sum(sizes.values()), "step": None}}
-        ledger = Ledger(components_of(networks := copy.deepcopy(tiny)), full)
-        count_ours(networks, ledger, inputs, mode, steps)
-        runs = {"ours": ledger}
+    for mode in modes:
+        ledger = Ledger(components_of(pipe := copy.deepcopy(tiny)), full)
+        count_resident(pipe, ledger, inputs, mode, steps)
+        runs = {"no offload": ledger}
         recorded = ledger.segments
+        ledger = Ledger(components := components_of(copy.deepcopy(tiny)), full)
+        replay_per_phase(components, ledger, recorded)
+        runs["per-phase (removed)"] = ledger
         for label, seq in ACCELERATE_SEQS.items():
             ledger = Ledger(components := components_of(copy.deepcopy(tiny)), full)
             replay_accelerate(components, ledger, seq, recorded)
             runs[label] = ledger
         for label, (kind, stream) in GROUP_OFFLOADS.items():
-            ledger = Ledger(components_of(networks := copy.deepcopy(tiny)), full)
-            count_group(networks, ledger, inputs, mode, steps, kind, stream)
+            ledger = Ledger(components_of(pipe := copy.deepcopy(tiny)), full)
+            count_group(pipe, ledger, inputs, mode, steps, kind, stream)
             runs[label] = ledger
-        for label, ledger in runs.items():
-            rows[label] = {
+        result["modes"][mode] = {
+            label: {
                 "segments": ledger.segments,
                 "misses": dict(ledger.misses),
-                "step": next(s for s in ledger.segments if s["segment"] == "step 2"),
+                "step": next(s for s in ledger.segments if s["segment"] == f"step {min(steps, 2)}"),
                 "peak_bytes": max(s["peak_bytes"] for s in ledger.segments),
             }
-        result["modes"][mode] = rows
+            for label, ledger in runs.items()
+        }
     return result
 
 
@@ -446,13 +470,11 @@ def report(result: dict) -> str:
         lines.append(f"    {'strategy':<30}{header}")
         for label, row in rows.items():
             step = row["step"]
-            if step is None:
-                lines.append(
-                    f"    {label:<30}{0:>9.2f}{0:>9.2f}{0:>8.2f}{row['peak_bytes'] / GB:>7.2f}       0  all"
-                )
-                continue
             misses = step["misses"]
-            resident = ", ".join(f"{k} {v:.0%}" if v < 1 else k for k, v in step["resident_after"].items())
+            after = step["resident_after"]
+            resident = ", ".join(f"{k} {v:.0%}" if v < 1 else k for k, v in after.items())
+            if len(after) == len(result["component_bytes"]) and min(after.values()) == 1:
+                resident = "all"
             lines.append(
                 f"    {label:<30}{step['h2d_bytes'] / GB:>9.2f}{step['d2h_bytes'] / GB:>9.2f}"
                 f"{(step['h2d_bytes'] + step['d2h_bytes']) / GB:>8.2f}{row['peak_bytes'] / GB:>7.2f}"

@@ -48,3 +48,30 @@ def test_forward_overhead_on_the_tiny_model(bench, tiny_pipe):
     # motion modules' work to the stock UNet's
     assert results["controlnet"]["flop_ratio"] == pytest.approx(1.0, abs=0.01)
     assert results["unet"]["flop_ratio"] > 1.0
+
+
+def test_offload_traffic_counts_on_the_tiny_model(golden):
+    """``benchmarks/offload_traffic.py`` on its smallest run: real hooks, counted moves."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import offload_traffic
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    result = offload_traffic.run(frames=16, num_mix=0, steps=1, modes=("shared",))
+    rows = result["modes"]["shared"]
+    sizes = result["component_bytes"]
+    resident = rows["no offload"]
+    assert resident["peak_bytes"] == sum(sizes.values())
+    assert resident["step"]["h2d_bytes"] == resident["step"]["d2h_bytes"] == 0
+    # every call of the recorded run is replayed, so the removed per-phase offload moves each
+    # network of a step in whole, and holds the largest phase (the main UNet) at most
+    per_phase = rows["per-phase (removed)"]
+    assert per_phase["step"]["calls"] == resident["step"]["calls"]
+    assert per_phase["peak_bytes"] == sizes["unet"]
+    assert per_phase["step"]["h2d_bytes"] >= sum(sizes.values()) - sizes["vae"]
+    for label in ("no offload", "group leaf_level", "group leaf_level + stream"):
+        assert rows[label]["misses"] == {}, label
+    leaf, stream = rows["group leaf_level"]["step"], rows["group leaf_level + stream"]["step"]
+    assert leaf["d2h_bytes"] == leaf["h2d_bytes"] > 0  # every layer copied back after it runs
+    assert stream["d2h_bytes"] == 0  # the pinned CPU copy is kept
+    assert stream["h2d_bytes"] >= leaf["h2d_bytes"]
