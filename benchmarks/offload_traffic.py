@@ -1,49 +1,57 @@
 """Host↔device weight traffic per denoising step of each offloading strategy (counted, not timed).
 
-Which offloading moves the fewest bytes for the device memory it saves (issue #17)? Strategies:
+Which offloading moves the fewest bytes for the device memory it saves (issue #17)? Strategies, on
+the components of :class:`~xportrait_cli.pipeline.XPortraitPipeline` (``unet``, ``reference_net``,
+``global_controlnet``, ``local_controlnet``, ``vae``):
 
-- ``ours``: :meth:`XPortraitNetworks.enable_offload` + ``use`` (one phase's networks on the device:
-  appearance net, the two ControlNets, main UNet or VAE);
+- ``per-phase (removed)``: xportrait's own offload before #17 (``XPortraitNetworks.enable_offload``
+  + ``use``: one phase's networks on the device: reference net, the two ControlNets, UNet or VAE),
+  kept to show why it was replaced;
 - ``accelerate …``: diffusers ``enable_model_cpu_offload``, i.e. accelerate's
   ``cpu_offload_with_hook`` chained along a ``model_cpu_offload_seq`` (a model is moved to the
   device when called and only the *previous* model of the sequence is moved back), components off
   the sequence hooked alone, as ``DiffusionPipeline.enable_model_cpu_offload`` does;
 - ``group …``: diffusers ``apply_group_offloading`` on each component, ``block_level`` (one block a
   group) and ``leaf_level``, without and with ``use_stream`` (prefetch of the next group; the pinned
-  CPU copy is kept, so offloading copies nothing back).
+  CPU copy is kept, so offloading copies nothing back). ``leaf_level`` + stream is what
+  ``pipe.enable_offload`` applies (:mod:`xportrait_cli.pipeline.offload`).
 
 How it is counted. There is no GPU here, so nothing is timed: the golden tiny model
 (``../shared/golden/tiny_xportrait.th``, the official layout with narrower widths, so every tensor
-has the full-size model's name) runs the real pipeline on the CPU (64², 48 frames, num_mix 4,
-guidance 5 in separate passes, 2 DDIM steps, ``reference_mode`` shared and per-frame) with each
-strategy's real hooks installed, and the functions that move weights are replaced by a counter: our
-``Module.to`` (a move to the execution device is host→device, ``.to("cpu")`` device→host), accelerate's
-``module.to`` from its hooks, diffusers' ``ModuleGroup.onload_``/``offload_``. A :class:`Ledger`
-tracks which tensors are on the "device" (on the CPU a move is a no-op, so residency cannot be read
-from ``tensor.device``) and adds, for each tensor whose residency changes, its byte count in the
-full-size model (the same name in the meta-device networks of ``flops.meta_networks``, 2 bytes an
-element: fp16). accelerate's ``CpuOffload.pre_forward`` reads residency from
-``next(module.parameters()).device``; here the same logic reads the ledger instead. Its hooks fire
-on a replay of the component calls recorded during the ``ours`` run (forward pre-hooks; the VAE's
-``encoder``/``decoder``, as its ``encode``/``decode`` call ``_hf_hook.pre_forward``; today's
-appearance net through its ``conv_in``, as ``unet_forward`` never calls its ``forward``, so until the
-reference net is run through its own ``forward`` accelerate's hook on it would not fire at all).
+has the full-size model's name; :func:`~xportrait_cli.pipeline.load_pipeline`) runs the real
+pipeline on the CPU (64², 48 frames, num_mix 4, guidance 5 in separate passes, 2 DDIM steps,
+``reference_mode`` shared and per-frame), called directly, with each strategy's real hooks installed,
+and the functions that move weights are replaced by a counter: accelerate's ``module.to`` from its
+hooks, diffusers' ``ModuleGroup.onload_``/``offload_``. A :class:`Ledger` tracks which tensors are on
+the "device" (on the CPU a move is a no-op, so residency cannot be read from ``tensor.device``) and
+adds, for each tensor whose residency changes, its byte count in the full-size model (the same name
+in the meta-device pipeline of ``flops.meta_networks``, 2 bytes an element: fp16).
+
+The ``no offload`` run (every weight on the device) records the component calls (forward pre-hooks;
+the VAE's ``encoder``/``decoder``, as its ``encode``/``decode`` call ``_hf_hook.pre_forward``
+instead of ``forward``; every other component, the reference net included, runs through its own
+``forward``). The per-phase and accelerate rows are replays of that sequence: per-phase, before each
+call the resident networks of other phases are moved out and the called one's phase moved in, each
+whole; accelerate, its ``CpuOffload.pre_forward`` fires, reading residency from the ledger where it
+reads ``next(module.parameters()).device``.
 
 ``misses``: weight uses (torch function calls, watched by a ``TorchFunctionMode``) of a tensor that
 is not on the device at that moment: on a GPU each is a device-mismatch error, so a strategy with
-misses does not work as installed (``block_level`` today: the UNets are walked block by block by
-``unet_forward``, so the forwards that onload a block's group, and the appearance net's own group,
-never run). ``peak`` is the most weight bytes on the device at once, in the
-full-size model (add activations: :mod:`xportrait_cli.pipeline.memory`). Activations, latents, hints
-and ControlNet residuals are not counted: they are the same for every strategy. "Per step" is the
-second step (the first one also moves the VAE out); steps after it repeat it.
+misses does not work as installed. Not uses: metadata reads, and ``.to`` (its result is made a copy,
+as on a GPU). Before #17 ``block_level`` missed (the UNets were walked block by block, so the
+forwards that onload a block's group never ran); now every component and block runs through its
+``forward`` and it has none, but moves more and holds 30× more than ``leaf_level``. ``peak`` is the
+most weight bytes on the device at once, in the full-size model (add activations:
+:mod:`xportrait_cli.pipeline.memory`). Activations, latents, hints and ControlNet residuals are not
+counted: they are the same for every strategy. "Per step" is the second step (the first one also
+moves the VAE out); steps after it repeat it.
 
 Assumptions: the full-size model is the official one in fp16 (SD-1.5 widths); a move of a module
 moves all its parameters and buffers; accelerate's hooks fire once per component call;
 ``offload_to_disk_path`` and ``record_stream`` are off; the CPU copies a stream keeps are pinned.
 
-Cross-check by hand (``ours``, shared reference, 4 windows a step, fp16): main UNet with motion
-modules U = 2.56 GB, appearance net R = 1.72 GB, ControlNets C = 2 × 0.72 GB. A step switches U→R
+Cross-check by hand (per-phase, shared reference, 4 windows a step, fp16): main UNet with motion
+modules U = 2.56 GB, reference net R = 1.72 GB, ControlNets C = 2 × 0.72 GB. A step switches U→R
 (U out, R in), R→C, C→U, then (U→C, C→U) for each of the 3 other windows: device→host
 U + R + C + 3 (U + C) = 2.56 + 1.72 + 1.44 + 3 × 4.00 = 17.72 GB, host→device the same, 35.44 GB
 in all, as printed. Leaf-level group offloading onloads each component once per call:

@@ -18,16 +18,20 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    """The ``benchmarks/fullscale*.py`` modules, imported as the benchmark runs them."""
+def on_path():
+    """``benchmarks/`` on ``sys.path``, as the benchmarks run (they import each other)."""
     sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import fullscale
-        import fullscale_forward
+    yield
+    sys.path.remove(str(BENCHMARKS))
 
-        yield fullscale, fullscale_forward
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+
+@pytest.fixture(scope="module")
+def bench(on_path):
+    """The ``benchmarks/fullscale*.py`` modules."""
+    import fullscale
+    import fullscale_forward
+
+    return fullscale, fullscale_forward
 
 
 def test_fullscale_wraps_functions_that_exist(bench):
@@ -50,14 +54,11 @@ def test_forward_overhead_on_the_tiny_model(bench, tiny_pipe):
     assert results["unet"]["flop_ratio"] > 1.0
 
 
-def test_offload_traffic_counts_on_the_tiny_model(golden):
+def test_offload_traffic_counts_on_the_tiny_model(on_path, golden):
     """``benchmarks/offload_traffic.py`` on its smallest run: real hooks, counted moves."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import offload_traffic
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    result = offload_traffic.run(frames=16, num_mix=0, steps=1, modes=("shared",))
+    import offload_traffic
+
+    result = offload_traffic.run(frames=8, num_mix=0, steps=1, modes=("shared",))
     rows = result["modes"]["shared"]
     sizes = result["component_bytes"]
     resident = rows["no offload"]

@@ -4,10 +4,10 @@ Chosen by counting the weight bytes each strategy moves between host and device 
 of the full-size fp16 model (``benchmarks/offload_traffic.py``; 48 frames, num_mix 4, guidance in
 separate passes). Leaf-level group offloading with a CUDA stream moves 28.2 GB a step host→device and
 nothing back (the pinned CPU copy is kept), and holds 0.06 GB of weights on the device; the per-phase
-offload it replaces (``XPortraitNetworks.enable_offload``) moves 17.7 GB each way (35.4 GB) and holds
-the main UNet, 2.56 GB (per-frame reference: 33.4 against 45.8 GB). ``block_level`` does not work
-here: the UNets are walked block by block (:func:`~xportrait_cli.models.unet.unet_forward`), so the
-forwards that would onload a block's group never run. accelerate's model offload
+offload it replaced (``XPortraitNetworks.enable_offload``, removed) moves 17.7 GB each way (35.4 GB)
+and holds the main UNet, 2.56 GB (per-frame reference: 33.4 against 45.8 GB). ``block_level`` works
+(every network runs through its own ``forward``) but moves more (45.0 GB with a stream: the layers
+outside the blocks are copied back) and holds 1.86 GB. accelerate's model offload
 (``enable_model_cpu_offload``) moves less (15.0 GB) but keeps the UNet resident beside the next net
 (4.27 GB), saving 1.6 of the 5.9 GB the weights take.
 
