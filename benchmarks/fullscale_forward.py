@@ -16,7 +16,7 @@ head, a second ControlNet's residual sum), so each ratio is divided by the FLOP 
 (flops_ours / flops_stock)``, 1.0 meaning equal cost per unit of work. ``--profile`` adds the top
 operators of one profiled forward of each (``torch.profiler``, self CPU time).
 
-Usage: ``python benchmarks/fullscale_forward.py FOLDER [--sizes 64 128] [--repeats 3] [-o out.json]``
+Usage: ``python benchmarks/fullscale_forward.py FOLDER [--sizes 64 128] [--repeats 5] [-o out.json]``
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def time_size(networks, stock, size: int, repeats: int, profile: bool, flops_of=
     return results
 
 
-def run(folder: Path, sizes: list[int], repeats: int = 3, profile: bool = False) -> dict:
+def run(folder: Path, sizes: list[int], repeats: int = 5, profile: bool = False) -> dict:
     """Load ``folder`` in fp32 on the CPU and time every network at every size."""
     from xportrait_cli.pipeline import load_pipeline
 
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="a converted folder (download-weights)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("-o", "--output", type=Path)
     args = parser.parse_args(argv)
