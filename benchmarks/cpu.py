@@ -33,6 +33,9 @@ from fractions import Fraction
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import tiny_cli_args  # noqa: E402  (the tests' quick tiny-model flags)
+
 SHARED = Path(os.environ.get("XPORTRAIT_SHARED", ROOT.parent / "shared"))
 MEDIA = SHARED / "media"
 GOLDEN = SHARED / "golden"
@@ -179,16 +182,7 @@ def run_length(num_frames: int, work: Path, steps: int = 2) -> dict:
         str(video),
         "-o",
         str(output),
-        "--model",
-        str(GOLDEN / "tiny_xportrait.th"),
-        "--model-config",
-        str(GOLDEN / "tiny_config.yaml"),
-        "--size",
-        "64",
-        "--steps",
-        str(steps),
-        "--landmarks",
-        "dlib",
+        *tiny_cli_args(GOLDEN, steps),
         "--force",
         "--json",
     ]
@@ -243,7 +237,7 @@ def run(lengths: list[int] = (60, 250, 1000), steps: int = 2) -> dict:
         return {str(n): run_length(n, Path(tmp), steps) for n in lengths}
 
 
-def report(results: dict) -> str:
+def report(results: dict, steps: int = 2) -> str:
     """A table of :func:`run`'s results."""
     keys = [
         "video_decode",
@@ -258,7 +252,7 @@ def report(results: dict) -> str:
     head = f"{'N':>5} {'job s':>7} {'fps':>6} {'RSS MB':>7} {'anon MB':>8} {'non-model':>9}  " + " ".join(
         f"{k:>14}" for k in keys
     )
-    lines = ["CPU, tiny model (size 64, 2 steps, dlib landmarks), one thread", head]
+    lines = [f"CPU, tiny model (size 64, {steps} steps, dlib landmarks), one thread", head]
     for n, r in results.items():
         s = r["stages_seconds"]
         lines.append(
@@ -283,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         child(args)
         return 0
     results = run(args.lengths, args.steps)
-    print(json.dumps(results, indent=1) if args.json else report(results))
+    print(json.dumps(results, indent=1) if args.json else report(results, args.steps))
     return 0
 
 
