@@ -18,7 +18,10 @@ dtype ``max_rel_error_latents_vs_fp32`` (``max|x - x32| / max|x32|`` of the fina
 ``max_abs_error_uint8_vs_fp32`` (of the decoded MP4 frames);
 ``reference_shared_vs_per_frame_time_ratio`` (the fastest of the 3 shared fp32 runs over the
 per-frame one);
-``denoise_spread`` (``(max - min) / min`` of the 3 fp32 runs); ``forward`` (``overhead_vs_stock``).
+``denoise_spread`` (``(max - min) / min`` of the 3 fp32 runs) with, for those runs, the CPU seconds
+(user, system) and minor page faults of sampling and ``stock_probe_spread``: the spread of a fixed
+stock-UNet forward timed twice after each run (the machine's own noise); ``forward``
+(``overhead_vs_stock``).
 
 Timings on a shared 2-core machine are noisy: ratios are measured in the same process, interleaved.
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -113,13 +117,59 @@ class MemorySampler:
 
 def measured_targets() -> list[tuple[object, str]]:
     """``(owner, attribute)`` of what :func:`child` wraps: the conversion ``download-weights`` runs, the
-    load of the networks, and the cache class whose ``place`` puts them on the device (a test checks
-    that they still exist, so a rename in the package cannot silently break the benchmark)."""
+    load of the networks, the cache class whose ``place`` puts them on the device, and the pipeline
+    call that samples (a test checks that they still exist, so a rename in the package cannot
+    silently break the benchmark)."""
     from xportrait_cli.jobs import networks
-    from xportrait_cli.pipeline import loading
+    from xportrait_cli.pipeline import XPortraitPipeline, loading
     from xportrait_cli.weights import download
 
-    return [(download, "_convert"), (loading, "load_pipeline"), (networks.NetworksCache, "place")]
+    return [
+        (download, "_convert"),
+        (loading, "load_pipeline"),
+        (networks.NetworksCache, "place"),
+        (XPortraitPipeline, "__call__"),
+    ]
+
+
+def stock_probe_seconds(pipe, size: int, repeats: int = 2) -> list[float]:
+    """Seconds of ``repeats`` forwards of a stock diffusers ``UNet2DConditionModel`` on ``pipe``'s own
+    weights (one 16-frame window at ``size``², ``fullscale_forward.calls``): the same fixed work in
+    every run, so their spread is the machine's noise, not ours."""
+    import torch
+    from fullscale_forward import calls, stock_copies
+
+    probe = calls(pipe, *stock_copies(pipe), size)["unet"][1]
+    seconds = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            probe()
+            seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def wrap_sampling(pipeline_class, record: dict, probe: bool) -> None:
+    """Record wall and CPU seconds and minor page faults of each pipeline call into
+    ``record["sampling"]`` (system time and faults: the allocator's and first touch's share); with
+    ``probe``, :func:`stock_probe_seconds` after it into ``record["probe_seconds"]``."""
+    call = pipeline_class.__call__
+
+    def sampled(pipe, source, *args, **kwargs):
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        out = call(pipe, source, *args, **kwargs)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        record["sampling"] = {
+            "seconds": time.perf_counter() - start,
+            "user_cpu_seconds": after.ru_utime - before.ru_utime,
+            "sys_cpu_seconds": after.ru_stime - before.ru_stime,
+            "minor_faults": after.ru_minflt - before.ru_minflt,
+        }
+        if probe:
+            record["probe_seconds"] = stock_probe_seconds(pipe, source.shape[-1])
+        return out
+
+    pipeline_class.__call__ = sampled
 
 
 def child(result: Path, argv: list[str]) -> None:
@@ -130,9 +180,11 @@ def child(result: Path, argv: list[str]) -> None:
 
     record: dict = {}
     sampler = MemorySampler()
-    (convert_owner, convert_name), (load_owner, load_name), (cache_class, _) = measured_targets()
+    targets = measured_targets()
+    (convert_owner, convert_name), (load_owner, load_name), (cache_class, _), (pipeline_class, _) = targets
     sampler.wrap(convert_owner, convert_name, "convert", record)
     sampler.wrap(load_owner, load_name, "load", record)
+    wrap_sampling(pipeline_class, record, probe=os.environ.get("XPORTRAIT_BENCH_PROBE") == "1")
     place = cache_class.place
 
     def placed(cache, offload):
@@ -193,9 +245,10 @@ def download(checkpoint: Path, env: dict[str, str], work: Path) -> dict:
 
 
 def animate(
-    env: dict, work: Path, name: str, size: int, dtype: str, mode: str = "shared", device="cpu"
+    env: dict, work: Path, name: str, size: int, dtype: str, mode: str = "shared", device="cpu", probe=False
 ) -> dict:
-    """One ``xportrait animate`` run; adds ``denoise_seconds`` and the paths of its outputs."""
+    """One ``xportrait animate`` run; adds ``denoise_seconds`` and the paths of its outputs (``probe``:
+    also the stock-UNet probe after sampling, :func:`stock_probe_seconds`)."""
     out = work / f"{name}.mp4"
     argv = [
         "animate",
@@ -207,7 +260,7 @@ def animate(
         *("--device", device, "--dtype", dtype, "--reference-mode", mode, "--landmarks", "dlib"),
         *("--keep-work", "--force", "--json"),
     ]
-    record = run_child(argv, env, work, name)
+    record = run_child(argv, {**env, "XPORTRAIT_BENCH_PROBE": "1" if probe else "0"}, work, name)
     stages = {e["stage"]: e["seconds"] for e in record.pop("events") if e["kind"] == "stage_finished"}
     record.update(stages=stages, denoise_seconds=stages["denoise"], output=str(out))
     record["latents"] = str(work / f"{name}.mp4.xportrait" / "latents.safetensors")
@@ -231,10 +284,16 @@ def errors_vs(run: dict, reference: dict) -> dict:
     }
 
 
+def spread(values: list[float]) -> float:
+    """``(max - min) / min``."""
+    return (max(values) - min(values)) / min(values)
+
+
 def run_size(env: dict, work: Path, size: int, device: str = "cpu") -> dict:
     """Every dtype at ``size``²: load figures, denoise per frame-step, errors, spread, shared/per-frame."""
     runs = {
-        f"fp32_{i}": animate(env, work, f"s{size}_fp32_{i}", size, "fp32", device=device) for i in range(3)
+        f"fp32_{i}": animate(env, work, f"s{size}_fp32_{i}", size, "fp32", device=device, probe=True)
+        for i in range(3)
     }
     runs["fp32_per_frame"] = animate(env, work, f"s{size}_fp32_pf", size, "fp32", "per-frame", device)
     for dtype in ("bf16", "fp16"):
@@ -259,7 +318,11 @@ def run_size(env: dict, work: Path, size: int, device: str = "cpu") -> dict:
         out["dtypes"][dtype] = figures
     denoise = [runs[f"fp32_{i}"]["denoise_seconds"] for i in range(3)]
     out["denoise_seconds_fp32_runs"] = denoise
-    out["denoise_spread"] = (max(denoise) - min(denoise)) / min(denoise)
+    out["denoise_spread"] = spread(denoise)
+    out["sampling_fp32_runs"] = [runs[f"fp32_{i}"]["sampling"] for i in range(3)]
+    probes = [runs[f"fp32_{i}"]["probe_seconds"] for i in range(3)]
+    out["stock_probe_seconds_fp32_runs"] = probes
+    out["stock_probe_spread"] = spread([s for run in probes for s in run])
     # the fastest shared run against the per-frame run: on a shared machine the slow runs are
     # the ones other processes slowed down
     per_frame = runs["fp32_per_frame"]["denoise_seconds"]
@@ -315,7 +378,8 @@ def run(sizes: list[int], forward: bool = True, device: str = "cpu") -> dict:
             )
             results["forward"] = json.loads(result.read_text())
     first = results["sizes"][str(sizes[0])]
-    results.update({k: first[k] for k in ("reference_shared_vs_per_frame_time_ratio", "denoise_spread")})
+    headline = ("reference_shared_vs_per_frame_time_ratio", "denoise_spread", "stock_probe_spread")
+    results.update({k: first[k] for k in headline})
     results["dtypes"] = first["dtypes"]
     results["seconds"] = time.monotonic() - started
     return results
@@ -335,6 +399,15 @@ def report(results: dict) -> str:
             f"{size}²: denoise fp32 runs {', '.join(f'{s:.1f}' for s in r['denoise_seconds_fp32_runs'])} s "
             f"(spread {r['denoise_spread']:.1%}); "
             f"shared / per-frame {r['reference_shared_vs_per_frame_time_ratio']:.2f}"
+        )
+        cpu = ", ".join(
+            f"{c['user_cpu_seconds']:.1f} / {c['sys_cpu_seconds']:.1f} ({c['minor_faults']})"
+            for c in r["sampling_fp32_runs"]
+        )
+        probes = ", ".join("/".join(f"{s:.2f}" for s in p) for p in r["stock_probe_seconds_fp32_runs"])
+        lines.append(
+            f"{size}²: sampling CPU s user / sys (minor faults) {cpu}; stock UNet probe after each run "
+            f"{probes} s (spread {r['stock_probe_spread']:.1%}: the machine's noise on fixed work)"
         )
         lines.append(
             f"{'dtype':>6} {'load s':>7} {'anon GB':>8} {'RSS GB':>7} {'anon/w':>7} {'s/frame-step':>13} "

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -38,6 +39,25 @@ def test_fullscale_wraps_functions_that_exist(bench):
     fullscale, _ = bench
     for owner, name in fullscale.measured_targets():
         assert callable(getattr(owner, name, None)), f"{owner!r} has no {name}"
+
+
+def test_fullscale_sampling_record_and_probe_on_the_tiny_model(bench, tiny_pipe):
+    """The wrapped pipeline call still samples, and records CPU time and the stock-UNet probe."""
+    from xportrait_cli.pipeline import TensorFrames, XPortraitPipeline
+
+    fullscale, _ = bench
+    record: dict = {}
+    measured = type("Measured", (XPortraitPipeline,), {})  # wraps a subclass: the real class stays
+    fullscale.wrap_sampling(measured, record, probe=True)
+    gen = torch.Generator().manual_seed(0)
+    source, hints = (torch.rand(n, 3, 64, 64, generator=gen) * 2 - 1 for n in (1, 2))
+    out = measured.__call__(tiny_pipe, source, TensorFrames(hints, hints), num_inference_steps=1,
+                            output_type="latent")  # fmt: skip
+    assert out.latents.shape == (2, 4, 8, 8) and out.latents.isfinite().all()
+    sampling = record["sampling"]
+    assert sampling["user_cpu_seconds"] + sampling["sys_cpu_seconds"] > 0
+    assert sampling["seconds"] > 0 and sampling["minor_faults"] >= 0
+    assert len(record["probe_seconds"]) == 2 and min(record["probe_seconds"]) > 0
 
 
 def test_forward_overhead_on_the_tiny_model(bench, tiny_pipe):
