@@ -125,6 +125,9 @@ def test_non_square_carphone_with_comparison(tmp_path, media, one_step_args, mon
     assert code == 0, stderr
     events = [json.loads(line) for line in stdout.splitlines()]
     assert events[-1]["kind"] == "job_done" and any(e["kind"] == "step_progress" for e in events)
+    # a CPU job keeps freed host memory for reuse (pipeline/host_memory.py), said in the JSON log
+    logs = [e["message"] for e in events if e["kind"] == "log" and e["level"] == "debug"]
+    assert any(m.startswith("host memory: glibc keeps freed buffers") for m in logs), logs
     facts = video_facts(out)
     assert facts["frames"] == 24 and facts["rate"] == Fraction(30000, 1001) and facts["size"] == (64, 64)
     side = video_facts(tmp_path / "car.comparison.mp4")

@@ -26,8 +26,8 @@ from xportrait_cli.face.detect import detect_faces, face_geometry
 from xportrait_cli.face.landmarks import DlibDetector
 from xportrait_cli.face.paste import paste_back
 from xportrait_cli.image import load_image
+from xportrait_cli.video.probe import probe_output
 from xportrait_cli.video.reader import VideoReader
-from xportrait_cli.video.writer import probe
 
 runner = CliRunner()
 SIZE = 512
@@ -207,7 +207,7 @@ def _check_video_crop(out: Path, src: Path, crop: CropInfo, det, fps: Fraction, 
     faces' median size is ≈ size/scale and their median centre near the framed position (the head
     moves within the one box, hence ``tol``)."""
     n = crop.video["frames"]
-    stream = probe(out)
+    stream = probe_output(out)
     assert (stream.width, stream.height, stream.frames, stream.fps) == (SIZE, SIZE, n, fps)
     indices = [0, n // 2, n - 1]
     a = crop.affine

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from xportrait_cli.video.writer import VideoWriter, probe, write_video
+from xportrait_cli.video.probe import probe_output
+from xportrait_cli.video.writer import VideoWriter, write_video
 
 
 def _frames(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
@@ -53,7 +54,7 @@ def test_frames_and_exact_rate(tmp_path: Path, fps: Fraction) -> None:
         writer.write(frames[:7])  # a batch
         for frame in frames[7:]:  # and single frames
             writer.write(frame)
-    info = probe(out)
+    info = probe_output(out)
     assert info.frames == 20
     assert info.fps == fps
     assert (info.video_codec, info.pix_fmt) == ("h264", "yuv420p")
@@ -78,7 +79,7 @@ def test_aac_copy_from_talking_video(tmp_path: Path, media: Path) -> None:
     source = media / "talking_aac.mp4"
     fps = Fraction(12000, 1001)
     out = write_video(tmp_path / "talk.mp4", _frames(30), fps, audio_source=source)
-    info = probe(out)
+    info = probe_output(out)
     assert info.frames == 30
     assert info.audio_codec == "aac"
     video_seconds = 30 / fps
@@ -98,7 +99,7 @@ def test_aac_copy_from_talking_video(tmp_path: Path, media: Path) -> None:
 def test_pcm_wav_is_transcoded_to_aac_and_cut(tmp_path: Path) -> None:
     wav = _tone_wav(tmp_path / "tone.wav", seconds=3.0)
     out = write_video(tmp_path / "tone.mp4", _frames(30), 25, audio_source=wav)
-    info = probe(out)
+    info = probe_output(out)
     assert info.frames == 30
     assert info.audio_codec == "aac"
     assert info.audio_duration == pytest.approx(1.2, abs=1e-3)  # trimmed to the sample
@@ -111,7 +112,7 @@ def test_pcm_wav_is_transcoded_to_aac_and_cut(tmp_path: Path) -> None:
 def test_audio_shorter_than_video(tmp_path: Path) -> None:
     wav = _tone_wav(tmp_path / "short.wav", seconds=0.5)
     out = write_video(tmp_path / "short.mp4", _frames(25), 25, audio_source=wav)
-    info = probe(out)
+    info = probe_output(out)
     assert info.frames == 25
     assert info.audio_duration == pytest.approx(0.5, abs=0.05)
     assert info.video_duration == pytest.approx(1.0, abs=1e-3)
@@ -120,7 +121,7 @@ def test_audio_shorter_than_video(tmp_path: Path) -> None:
 def test_audio_source_without_audio_gives_no_track(tmp_path: Path) -> None:
     silent = write_video(tmp_path / "silent.mp4", _frames(10), 25)
     out = write_video(tmp_path / "out.mp4", _frames(10), 25, audio_source=silent)
-    assert probe(out).audio_codec is None
+    assert probe_output(out).audio_codec is None
 
 
 def test_exception_midway_leaves_nothing(tmp_path: Path, media: Path) -> None:

@@ -21,6 +21,7 @@ from xportrait_cli.jobs.prepare import Prepared
 from xportrait_cli.jobs.spec import JobRun
 from xportrait_cli.jobs.workdir import Checkpoint, load_checkpoint, save_checkpoint
 from xportrait_cli.pipeline import XPortraitPipeline
+from xportrait_cli.pipeline.host_memory import keep_freed_host_memory
 from xportrait_cli.pipeline.memory import (
     MemoryPlan,
     ModelSize,
@@ -66,7 +67,8 @@ def denoise(run: JobRun, cache: NetworksCache, memory_plan: MemoryPlan, prepared
     """Step 3 (stage ``denoise``): sample from the last :class:`Checkpoint` of this job (or from
     noise), saving a checkpoint after every step. Out of device memory, the job goes on from its last
     checkpoint with :meth:`MemoryPlan.fallback` (the ladder: separate guidance passes, then
-    offloading with decode chunks of at most 2) until none is left.
+    offloading with decode chunks of at most 2) until none is left. On the CPU, glibc is first set
+    to keep freed buffers (:func:`~xportrait_cli.pipeline.host_memory.keep_freed_host_memory`).
 
     Raises:
         OutOfMemoryPlanError: out of memory with the smallest plan (the checkpoint is kept).
@@ -84,6 +86,8 @@ def denoise(run: JobRun, cache: NetworksCache, memory_plan: MemoryPlan, prepared
         if run.after_step is not None:
             run.after_step(step_index + 1)
 
+    if run.device.type == "cpu" and keep_freed_host_memory():
+        run.log("debug", "host memory: glibc keeps freed buffers for reuse (M_MMAP_MAX 0, no trimming)")
     with stage(run.events, "denoise", job=run.job, total=total_steps), _init_frames(run, prepared) as init:
         while True:
             pipe = cache.place(memory_plan.offload)

@@ -217,7 +217,8 @@ class XPortraitPipeline(NetworkCallsMixin, WindowDenoisingMixin, DiffusionPipeli
         """
         vae, chunk, start = self.vae, decode_chunk_size, 0
         while start < latents.shape[0]:
-            z = latents[start : start + chunk].to(self._execution_device, self.dtype) / self.scale_factor
+            # scaled in the latents' dtype (fp32), then cast: one rounding to half precision, not two
+            z = (latents[start : start + chunk].to(self._execution_device) / self.scale_factor).to(self.dtype)
             try:
                 decoded = vae.decode(z).sample
             except torch.OutOfMemoryError:

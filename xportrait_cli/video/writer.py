@@ -3,14 +3,15 @@
 :class:`VideoWriter` encodes uint8 RGB frames as H.264 (libx264, yuv420p, CRF 18) in an MP4 with
 ``movflags=+faststart``, at an exact :class:`fractions.Fraction` frame rate (``12000/1001`` stays
 ``12000/1001``). It writes to a hidden temporary name beside the target,
-``.<name>.<uuid>.incomplete.mp4``, and moves it into place with :func:`os.replace` only when
-:meth:`VideoWriter.close` succeeds; on any exception (``KeyboardInterrupt`` included) the temporary
-file is removed and nothing appears at the output path.
+``.<name>.<8 hex>.incomplete.mp4`` (:func:`~xportrait_cli.files.temp_path_for`), and moves it into
+place with :func:`os.replace` only when :meth:`VideoWriter.close` succeeds; on any exception
+(``KeyboardInterrupt`` included) the temporary file is removed and nothing appears at the output path.
 
-Audio: with ``audio_source``, the source's first audio stream is stream-copied when it is AAC or MP3
-and transcoded to AAC otherwise (PCM in WAV/MOV, Opus, ...), and cut to the video's duration
-(``frames / fps``; a stream copy ends within one audio frame of it). Audio packets are interleaved
-with the video as frames arrive. A source without audio gives a video without an audio track.
+Audio (:mod:`xportrait_cli.video.audio`): with ``audio_source``, the source's first audio stream is
+stream-copied when it is AAC or MP3 and transcoded to AAC otherwise (PCM in WAV/MOV, Opus, ...), and
+cut to the video's duration (``frames / fps``; a stream copy ends within one audio frame of it). Audio
+packets are interleaved with the video as frames arrive. A source without audio gives a video without
+an audio track. What a written file holds: :func:`xportrait_cli.video.probe.probe_output`.
 
 Frame size: yuv420p needs an even width and height. The tool's outputs are multiples of 64, so an odd
 size is refused with a :class:`ValueError` naming the size rather than silently padded or cropped.
@@ -20,9 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -30,14 +28,13 @@ from typing import Any
 import av
 import numpy as np
 
-__all__ = ["VideoWriter", "StreamInfo", "probe", "write_video", "COPY_AUDIO_CODECS"]
+from xportrait_cli.files import temp_path_for
+from xportrait_cli.video.audio import AudioCopier
+
+__all__ = ["VideoWriter", "write_video"]
 
 #: libx264 settings for bit-identical files from identical frames (see :class:`VideoWriter`).
 X264_DETERMINISTIC: dict[str, str] = {"x264-params": "mbtree=0"}
-#: Audio codecs copied into the MP4 as they are; anything else is transcoded to AAC.
-COPY_AUDIO_CODECS = frozenset({"aac", "mp3", "mp3float"})
-
-_AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
 
 
 def _as_fraction(fps: Fraction | int | str) -> Fraction:
@@ -50,132 +47,6 @@ def _as_fraction(fps: Fraction | int | str) -> Fraction:
     if rate <= 0:
         raise ValueError(f"fps must be positive, got {rate}")
     return rate
-
-
-def temp_path_for(path: Path) -> Path:
-    """A unique hidden temporary name beside ``path``: ``.<name>.<uuid>.incomplete<suffix>``."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.incomplete{path.suffix or '.mp4'}")
-
-
-class _AudioCopier:
-    """Pulls audio from a source file lazily and muxes it into ``out`` up to a given time.
-
-    Stream copy for :data:`COPY_AUDIO_CODECS`, AAC transcode (through :class:`av.AudioResampler`)
-    otherwise. Created only when the source has an audio stream.
-    """
-
-    def __init__(
-        self, source: Path, out: av.container.OutputContainer, offset: Fraction = Fraction(0)
-    ) -> None:
-        self.src = av.open(str(source))
-        self.in_stream = self.src.streams.audio[0]
-        # audio that starts part-way into the source is transcoded, so that it is cut to the sample
-        self.copy = self.in_stream.codec_context.name in COPY_AUDIO_CODECS and offset == 0
-        self.offset = Fraction(offset)
-        self._packets = self.src.demux(self.in_stream)
-        self._done = False
-        self._pending: av.Packet | None = None
-        if self.copy:
-            self.out_stream = out.add_stream_from_template(self.in_stream)
-        else:
-            ctx = self.in_stream.codec_context
-            rate = ctx.sample_rate if ctx.sample_rate in _AAC_RATES else 48000
-            layout = "mono" if ctx.layout.nb_channels == 1 else "stereo"
-            self.out_stream = out.add_stream("aac", rate=rate)
-            self.out_stream.layout = layout
-            self.out_stream.bit_rate = 192_000 if layout == "stereo" else 128_000
-            self.resampler = av.AudioResampler(
-                format="fltp", layout=layout, rate=rate, frame_size=self.out_stream.codec_context.frame_size
-            )
-            self._samples_out = 0  # samples handed to the encoder so far
-            self._pending_frame: av.AudioFrame | None = None
-            self._decoded = self._decode_frames()
-        self.out = out
-
-    # -- stream copy ------------------------------------------------------------------------------
-    def _copy_until(self, seconds: Fraction, final: bool) -> None:
-        """Mux source packets that start before ``seconds``; ``final`` drops everything after."""
-        tb = self.in_stream.time_base
-        while True:
-            packet = self._pending if self._pending is not None else next(self._packets, None)
-            self._pending = None
-            if packet is None:
-                self._done = True
-                return
-            if packet.dts is None:  # the demuxer's flush packet
-                continue
-            if packet.pts is not None and packet.pts * tb >= seconds:
-                if final:
-                    self._done = True  # beyond the video's end: cut here
-                else:
-                    self._pending = packet  # keep it for a later call
-                return
-            packet.stream = self.out_stream
-            self.out.mux(packet)
-
-    # -- transcode --------------------------------------------------------------------------------
-    def _decode_frames(self) -> Iterator[av.AudioFrame]:
-        skip = int(self.offset * self.out_stream.codec_context.sample_rate)  # samples before the offset
-
-        def resampled() -> Iterator[av.AudioFrame]:
-            for packet in self._packets:
-                for frame in packet.decode():
-                    frame.pts = None  # let the resampler count samples from 0
-                    yield from self.resampler.resample(frame)
-            yield from self.resampler.resample(None)
-
-        for frame in resampled():
-            if skip >= frame.samples:
-                skip -= frame.samples
-                continue
-            if skip:
-                arr = np.ascontiguousarray(frame.to_ndarray()[:, skip:])
-                rate = frame.sample_rate
-                frame = av.AudioFrame.from_ndarray(arr, format="fltp", layout=frame.layout)
-                frame.sample_rate = rate
-                skip = 0
-            yield frame
-
-    def _transcode_until(self, seconds: Fraction, final: bool) -> None:
-        """Encode frames that end by ``seconds``; ``final`` also encodes the last one, trimmed to it."""
-        rate = self.out_stream.codec_context.sample_rate
-        limit = int(seconds * rate)
-        while self._samples_out < limit:
-            frame = self._pending_frame if self._pending_frame is not None else next(self._decoded, None)
-            self._pending_frame = None
-            if frame is None:  # the source is shorter than the video
-                self._done = True
-                return
-            if self._samples_out + frame.samples > limit:
-                if not final:
-                    self._pending_frame = frame  # it crosses the limit: keep it for later
-                    return
-                keep = limit - self._samples_out
-                arr = np.ascontiguousarray(frame.to_ndarray()[:, :keep])
-                frame = av.AudioFrame.from_ndarray(arr, format="fltp", layout=frame.layout)
-                frame.sample_rate = rate
-            frame.pts = self._samples_out
-            frame.time_base = Fraction(1, rate)
-            self._samples_out += frame.samples
-            for packet in self.out_stream.encode(frame):
-                self.out.mux(packet)
-
-    def feed_until(self, seconds: Fraction, *, final: bool = False) -> None:
-        """Mux audio up to ``seconds`` of output time; ``final`` cuts there and flushes the encoder."""
-        if self.copy:
-            if not self._done:
-                self._copy_until(seconds, final)
-            return
-        if not self._done:
-            self._transcode_until(seconds, final)
-        if final:
-            self._done = True
-            for packet in self.out_stream.encode(None):
-                self.out.mux(packet)
-
-    def close(self) -> None:
-        """Close the source file."""
-        self.src.close()
 
 
 class VideoWriter:
@@ -243,12 +114,12 @@ class VideoWriter:
             self._video.options = {"crf": str(self.crf), "preset": self.preset, **X264_DETERMINISTIC}
             self._video.codec_context.thread_count = 1
             self._container.metadata.update(metadata or {})
-            self._audio: _AudioCopier | None = None
+            self._audio: AudioCopier | None = None
             if audio_source is not None:
                 with av.open(str(audio_source)) as probe_src:
                     has_audio = bool(probe_src.streams.audio)
                 if has_audio:
-                    self._audio = _AudioCopier(Path(audio_source), self._container, Fraction(audio_offset))
+                    self._audio = AudioCopier(Path(audio_source), self._container, Fraction(audio_offset))
         except BaseException:
             self.abort()
             raise
@@ -354,56 +225,3 @@ def write_video(
     with VideoWriter(path, fps, audio_source=audio_source, crf=crf) as writer:
         writer.write(frames)
     return writer.path
-
-
-@dataclass(frozen=True)
-class StreamInfo:
-    """What :func:`probe` reports about a written file.
-
-    Attributes:
-        frames: number of decoded video frames.
-        fps: the video stream's ``average_rate`` (exact fraction).
-        width, height: frame size in pixels.
-        video_codec, pix_fmt: e.g. ``"h264"``, ``"yuv420p"``.
-        video_duration: seconds, from the video stream's duration.
-        audio_codec: ``None`` when there is no audio track.
-        audio_duration: seconds of the audio track (``None`` without audio).
-        duration: container duration in seconds.
-    """
-
-    frames: int
-    fps: Fraction
-    width: int
-    height: int
-    video_codec: str
-    pix_fmt: str
-    video_duration: float
-    audio_codec: str | None
-    audio_duration: float | None
-    duration: float
-
-
-def probe(path: str | os.PathLike[str], *, count_frames: bool = True) -> StreamInfo:
-    """Describe an MP4 written by :class:`VideoWriter` (decodes the video when ``count_frames``)."""
-    with av.open(str(path)) as container:
-        video = container.streams.video[0]
-        frames = video.frames
-        if count_frames:
-            frames = sum(1 for _ in container.decode(video))
-        audio = container.streams.audio[0] if container.streams.audio else None
-
-        def seconds(stream: Any) -> float:
-            return float(stream.duration * stream.time_base) if stream.duration is not None else 0.0
-
-        return StreamInfo(
-            frames=frames,
-            fps=Fraction(video.average_rate),
-            width=video.codec_context.width,
-            height=video.codec_context.height,
-            video_codec=video.codec_context.name,
-            pix_fmt=video.codec_context.pix_fmt,
-            video_duration=seconds(video),
-            audio_codec=audio.codec_context.name if audio is not None else None,
-            audio_duration=seconds(audio) if audio is not None else None,
-            duration=(container.duration or 0) / av.time_base,
-        )
