@@ -1,17 +1,21 @@
 """glibc's ``malloc`` set for inference on the CPU: freed buffers stay in the process for the next call.
 
-On the CPU, oneDNN reorders each convolution's weights into a fresh buffer on every call, and most of
-those buffers are larger than 32 MiB, the most glibc lets its ``mmap`` threshold grow to. So glibc
-maps fresh pages for each one and unmaps them on ``free``, and the kernel zero-fills every page
-again on the next call. Measured with the full-size model at 64², fp32, one thread, 20 frames and
-2 steps (``benchmarks/fullscale.py``): 5.1 M minor page faults and 8.4 s of system time in 45.2 s
-of sampling, and the system time varied between 3.3 s and 8.8 s from run to run. With
-:func:`keep_freed_host_memory` the same sampling took 38.5 s, with 0.14 M faults and 1.8 s of
-system time (mostly the first step). The user CPU time was the same, 36.7 s.
+On the CPU the networks' forwards allocate, on every call, buffers larger than 32 MiB, the most
+glibc lets its ``mmap`` threshold grow to (``perf`` puts the page faults in oneDNN's JIT kernels;
+per ControlNet call they add up to about its 1.4 GB of fp32 weights, as if each convolution's
+weights were reordered into a fresh buffer). So glibc maps fresh pages for each one and unmaps them
+on ``free``, and the kernel zero-fills every page again on the next call. Measured with the
+full-size model at 64², fp32, one thread, 20 frames and 2 steps (``benchmarks/fullscale.py``):
+5.1 M minor page faults and 8.4 s of system time in 45.2 s of sampling, and the system time varied
+between 3.3 s and 8.8 s from run to run. With :func:`keep_freed_host_memory` the same sampling
+took 37.2-38.5 s, with 0.06-0.14 M faults and 0.6-1.8 s of system time (mostly the first step),
+for the same user CPU time (36.6 s) and a 1 % higher peak RSS.
 
 The setting: ``mallopt(M_MMAP_MAX, 0)``, so ``malloc`` takes every block from the heap, and
 ``mallopt(M_TRIM_THRESHOLD, -1)``, so ``free`` keeps the memory for reuse. Then the process holds
-its peak working set until it exits, the way the CUDA caching allocator does on the device. It is
+its peak working set until it exits, the way the CUDA caching allocator does on the device, plus
+what fragmentation strands (``tests/test_host_memory.py``: 2-10 buffers' worth for 64 MiB buffers
+of three sizes in turn). It is
 process-wide, so the job layer applies it for jobs on the CPU only (stage ``denoise``,
 :func:`xportrait_cli.jobs.denoise.denoise`), after the weights are loaded.
 """
