@@ -48,7 +48,8 @@ def test_fullscale_sampling_record_and_probe_on_the_tiny_model(bench, tiny_pipe)
     fullscale, _ = bench
     record: dict = {}
     measured = type("Measured", (XPortraitPipeline,), {})  # wraps a subclass: the real class stays
-    fullscale.wrap_sampling(measured, record, probe=True)
+    fullscale.MemorySampler().wrap(measured, "__call__", "sampling", record)
+    fullscale.wrap_probe(measured, record)
     gen = torch.Generator().manual_seed(0)
     source, hints = (torch.rand(n, 3, 64, 64, generator=gen) * 2 - 1 for n in (1, 2))
     out = measured.__call__(tiny_pipe, source, TensorFrames(hints, hints), num_inference_steps=1,

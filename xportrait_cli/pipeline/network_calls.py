@@ -24,20 +24,20 @@ class NetworkCallsMixin:
     ``reference_net``, ``global_controlnet``, ``local_controlnet``, ``vae``)."""
 
     OFFLOADED = OFFLOADED
-    _phase_device: torch.device | None = None
+    _offload_device: torch.device | None = None
 
     @property
     def _execution_device(self) -> torch.device:
         """Where the networks compute: the offload device while :meth:`enable_offload` is in effect,
         else diffusers' rule (the device of the components or of diffusers' offload hooks)."""
-        if self._phase_device is not None:
-            return self._phase_device
+        if self._offload_device is not None:
+            return self._offload_device
         return super()._execution_device
 
     @property
     def offloaded(self) -> bool:
         """Whether :meth:`enable_offload` is in effect."""
-        return self._phase_device is not None
+        return self._offload_device is not None
 
     def enable_offload(self, device: str | torch.device):
         """Keep the networks' weights in CPU memory and move each layer to ``device`` just before it
@@ -47,13 +47,13 @@ class NetworkCallsMixin:
         48 frames (``benchmarks/offload_traffic.py``). Returns ``self``.
         """
         enable_group_offload(self._offloaded_components(), device)
-        self._phase_device = torch.device(device)
+        self._offload_device = torch.device(device)
         return self
 
     def disable_offload(self):
         """Undo :meth:`enable_offload`: hooks removed, every network back on the execution device.
         Returns ``self``."""
-        device, self._phase_device = self._phase_device, None
+        device, self._offload_device = self._offload_device, None
         if device is not None:
             disable_group_offload(self._offloaded_components(), device)
         return self

@@ -64,7 +64,7 @@ class XPortraitPipeline(NetworkCallsMixin, WindowDenoisingMixin, DiffusionPipeli
     (``AutoencoderKL``) and ``scheduler`` (``DDIMScheduler`` with the official config, for diffusers'
     tools: each call builds its sampler from the official float64 schedule and timesteps,
     :func:`.schedule.make_sampler`, as no scheduler config can state them). Load with
-    ``XPortraitPipeline.from_pretrained(folder_or_hub_id, torch_dtype=torch.float16)``
+    ``XPortraitPipeline.from_pretrained(folder_or_hub_id, dtype=torch.float16)``
     (:mod:`.loading` adds the strict key check and the official ``.th``).
 
     ``callback_on_step_end(pipe, step_index, timestep, state)`` runs after each DDIM update; ``state``
