@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from xportrait_cli import config
-from xportrait_cli.config import AnimateOptions, default_of, flag_of, help_text
+from xportrait_cli import config, option_names
+from xportrait_cli.config import AnimateOptions
 from xportrait_cli.errors import UsageError
 from xportrait_cli.option_layers import normalize_options, options_to_dict, resolve_options
+from xportrait_cli.option_names import default_of, flag_of, help_text
 from xportrait_cli.pipeline.timesteps import is_valid_step_count, official_timesteps
 from xportrait_cli.presets import PRESETS_DIR, list_presets, load_preset
 
@@ -39,7 +40,7 @@ def test_every_option_has_help_and_a_flag():
     assert flag_of("num_inference_steps") == "--steps"
     assert "31" in help_text("steps")
     assert default_of("reference") == () and default_of("size") == 512
-    assert not {"quiet", "json", "output"} & set(config.OPTION_NAMES)
+    assert not {"quiet", "json", "output"} & set(option_names.OPTION_NAMES)
 
 
 def test_options_are_frozen():
@@ -89,7 +90,7 @@ def test_bad_values_name_the_option_and_the_value(name, value, needle):
         resolve_options({name: value})
     message = err.value.message
     assert needle in message
-    assert config.ALIASES.get(name, name) in message and repr(value) in message
+    assert option_names.ALIASES.get(name, name) in message and repr(value) in message
     assert err.value.exit_code == 2
 
 

@@ -348,8 +348,8 @@ def test_cuda_default_dtype_is_the_downloaded_one() -> None:
     runs on CUDA (no cast on every run), and both `--help` texts say so."""
     import inspect
 
-    from xportrait_cli.config import help_text
     from xportrait_cli.jobs.networks import resolve_dtype
+    from xportrait_cli.option_names import help_text
 
     names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
     assert names[resolve_dtype("auto", torch.device("cuda"))] == registry.CUDA_DTYPE

@@ -11,7 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from xportrait_cli.cli import app
-from xportrait_cli.config import OPTION_NAMES, PANELS, flag_of, help_text, option_field
+from xportrait_cli.config import PANELS
+from xportrait_cli.option_names import OPTION_NAMES, flag_of, help_text, option_field
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

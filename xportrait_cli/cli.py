@@ -21,8 +21,9 @@ except ImportError:  # pragma: no cover - older typer uses click itself
     from click.exceptions import ClickException
 from rich.console import Console
 
-from xportrait_cli.config import OPTION_NAMES, OUTPUT, SAMPLING, default_of, option_field
+from xportrait_cli.config import OUTPUT, SAMPLING
 from xportrait_cli.errors import XPortraitError
+from xportrait_cli.option_names import OPTION_NAMES, default_of, option_field
 
 app = typer.Typer(
     name="xportrait",

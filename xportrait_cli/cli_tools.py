@@ -11,8 +11,8 @@ from typing import Annotated
 import typer
 
 from xportrait_cli.cli import app, err_console, log_to_stderr
-from xportrait_cli.config import help_text
 from xportrait_cli.face.crop_options import CropOptions
+from xportrait_cli.option_names import help_text
 from xportrait_cli.weights.registry import CUDA_DTYPE, DEFAULT_REVISION, REPO_ID
 
 

@@ -6,31 +6,26 @@ so the Typer command declares its options from the same source that validates pr
 manifests. Layers of options and their precedence: :mod:`xportrait_cli.option_layers`; presets:
 :mod:`xportrait_cli.presets`.
 
-Option names are spelled like the fields (``guidance_scale``), with dashes (``guidance-scale``), as
-flags (``--guidance-scale``), or with an alias from :data:`ALIASES` (``steps`` for
-``num_inference_steps``); :func:`canonical_key` maps them, unknown keys are a
-:class:`~xportrait_cli.errors.UsageError` with a suggestion.
+Looking options up by name (any spelling: ``guidance_scale``, ``guidance-scale``,
+``--guidance-scale``, an alias), with their help, flag and default: :mod:`xportrait_cli.option_names`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from xportrait_cli import option_checks as checks
 from xportrait_cli.errors import UsageError
-from xportrait_cli.option_checks import option
+from xportrait_cli.option_checks import option, option_default, option_label
 from xportrait_cli.pipeline.defaults import DEFAULT_REFERENCE_MODE, OFFICIAL_DEFAULTS, REFERENCE_MODES
 from xportrait_cli.pipeline.guidance import CONTROL_MODES
 from xportrait_cli.pipeline.timesteps import LCM_ORIGINAL_STEPS, SCHEDULERS
 from xportrait_cli.pipeline.windows import WINDOW
 
-#: Alternative names accepted for options in presets, manifests and flag mappings.
-ALIASES: dict[str, str] = {"steps": "num_inference_steps"}
 #: ``animate --help`` panels, in the order they are shown.
 INPUTS, SAMPLING, ALIGNMENT, OUTPUT, PERFORMANCE = (
     "Inputs",
@@ -310,7 +305,7 @@ class AnimateOptions:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, f.metadata["coerce"](_label(f.name), getattr(self, f.name)))
+            object.__setattr__(self, f.name, f.metadata["coerce"](option_label(f), getattr(self, f.name)))
         self._check_combination()
 
     def _check_combination(self) -> None:
@@ -332,8 +327,8 @@ class AnimateOptions:
         """Build from values :func:`normalize_options` has already coerced (not coerced again);
         options missing from ``values`` take their built-in default."""
         self = object.__new__(cls)
-        for name in OPTION_NAMES:
-            object.__setattr__(self, name, values[name] if name in values else default_of(name))
+        for f in dataclasses.fields(cls):
+            object.__setattr__(self, f.name, values[f.name] if f.name in values else option_default(f))
         self._check_combination()
         return self
 
@@ -341,61 +336,5 @@ class AnimateOptions:
         """A copy with some options changed (validated again); keys as in :func:`normalize_options`."""
         from xportrait_cli.option_layers import normalize_options  # it builds on this module
 
-        current = {name: getattr(self, name) for name in OPTION_NAMES}
+        current = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return self._from_normalized({**current, **normalize_options(changes, source="replace()")})
-
-
-OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(AnimateOptions))
-_FIELDS = {f.name: f for f in dataclasses.fields(AnimateOptions)}
-
-
-def option_field(name: str) -> dataclasses.Field:
-    """The dataclass field of option ``name`` (canonical, dashed, flag or alias spelling)."""
-    return _FIELDS[canonical_key(name, source="option_field()")]
-
-
-def help_text(name: str) -> str:
-    """Help text of option ``name`` for the Typer command, e.g. ``help_text("steps")``."""
-    return option_field(name).metadata["help"]
-
-
-def flag_of(name: str) -> str:
-    """The command-line flag of option ``name``, e.g. ``flag_of("num_inference_steps") == "--steps"``."""
-    return option_field(name).metadata["flag"]
-
-
-def default_of(name: str) -> Any:
-    """The built-in default of option ``name`` (what ``--help`` shows as the default)."""
-    f = option_field(name)
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default
-
-
-def _label(name: str) -> str:
-    """An option as error messages name it: ``"size (--size)"``."""
-    return f"{name} ({_FIELDS[name].metadata['flag']})"
-
-
-def coerce_value(name: str, value: Any) -> Any:
-    """Option ``name``'s value checked by its field's own check (metadata ``coerce``)."""
-    return _FIELDS[name].metadata["coerce"](_label(name), value)
-
-
-def canonical_key(key: Any, source: str, extra: Sequence[str] = ()) -> str:
-    """The canonical name of an option key (underscores, dashes, a leading ``--`` or an alias), or
-    of one of the ``extra`` keys a caller also accepts (a manifest's ``portrait``, ``driving`` …).
-
-    Raises :class:`UsageError` naming ``source``, with a difflib suggestion, for any other key.
-    """
-    if not isinstance(key, str):
-        raise UsageError(f"option names must be strings, got {key!r} in {source}")
-    name = key.strip().lstrip("-").replace("-", "_").lower()
-    name = ALIASES.get(name, name)
-    if name in _FIELDS or name in extra:
-        return name
-    known = sorted(set(extra) | set(OPTION_NAMES) | set(ALIASES))
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    if close:
-        hint = f"did you mean {ALIASES.get(close[0], close[0])!r}?"
-    else:
-        hint = f"known options: {', '.join((*extra, *OPTION_NAMES))}"
-    raise UsageError(f"unknown option {key!r} in {source}", hint)

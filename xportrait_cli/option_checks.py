@@ -1,4 +1,4 @@
-"""The per-value checks the option fields declare (``coerce=`` in :func:`xportrait_cli.config._opt`).
+"""The per-value checks the option fields declare (``coerce=`` in :func:`option`).
 
 Each check is ``coerce(label, value)``: it returns ``value`` in the field's stored type (``"20"`` →
 ``20``, ``"~/a.png"`` → ``Path``, ``"CUDA:1"`` → ``"cuda:1"``) or raises
@@ -16,7 +16,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import field
+from dataclasses import MISSING, Field, field
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,16 @@ def option(
     if isinstance(default, list | tuple):
         return field(default_factory=lambda: tuple(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def option_label(f: Field) -> str:
+    """An option as error messages name it, from its field: ``"size (--size)"``."""
+    return f"{f.name} ({f.metadata['flag']})"
+
+
+def option_default(f: Field) -> Any:
+    """The built-in default of an option's field (what ``--help`` shows as the default)."""
+    return f.default_factory() if f.default is MISSING else f.default
 
 
 # The official DDIM step rule (pipeline/timesteps.py)

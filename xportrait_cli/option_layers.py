@@ -22,9 +22,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from xportrait_cli.config import OPTION_NAMES, AnimateOptions, canonical_key, coerce_value, option_field
+from xportrait_cli.config import AnimateOptions
 from xportrait_cli.errors import UsageError
 from xportrait_cli.option_checks import anchor, file_or_hub, local_or_hub
+from xportrait_cli.option_names import OPTION_NAMES, canonical_key, coerce_value, option_field
 
 
 def canonical_items(mapping: Mapping[Any, Any], source: str, extra: Sequence[str] = ()) -> dict[str, Any]:
